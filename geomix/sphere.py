@@ -1,0 +1,188 @@
+"""Points on the unit hypersphere: normalisation, geodesic (slerp) and linear mixing of embeddings.
+
+The geodesic mix follows the m²-Mix paper (eq. 3) with the weight ``λ`` on the **first** argument:
+``geodesic_mix(a, b, 1) == a`` and ``geodesic_mix(a, b, 0) == b`` (``losses.md``, *Geodesic mix*).
+
+Numerics (``docs/style.md`` 6): all math runs in float32 whatever the input dtype, ``acos`` only ever sees
+values strictly inside ``(-1, 1)`` on the branch that uses it, and every branch of the ``torch.where`` is
+computed with safe denominators so that the branch *not* taken cannot leak NaN into the gradient
+(``where`` multiplies the unused branch's gradient by zero, and ``0 * inf`` is NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from geomix.config import check_range
+
+__all__ = ["normalize", "geodesic_mix", "linear_mix", "check_features", "check_lam"]
+
+# Below this angle the geodesic and the normalised chord agree to O(θ²) relative error, and sin θ is too
+# small to divide by safely; above π - _ANTIPODAL_EPS the geodesic is (nearly) not unique.
+_SMALL_THETA = 1e-3
+_ANTIPODAL_EPS = 1e-3
+_COS_SMALL = math.cos(_SMALL_THETA)
+_COS_ANTIPODAL = math.cos(math.pi - _ANTIPODAL_EPS)
+_NORM_EPS = 1e-12
+
+
+def normalize(x: torch.Tensor, eps: float = _NORM_EPS) -> torch.Tensor:
+    """L2-normalise the rows of ``x`` (float32 math, result in ``x``'s dtype).
+
+    Args:
+        x: ``[n, d]`` tensor.
+        eps: lower bound on the norm, so that an all-zero row maps to zero instead of NaN.
+
+    Returns:
+        ``[n, d]`` tensor with unit rows (zero rows stay zero).
+    """
+    x32 = x.float()
+    return (x32 / x32.norm(dim=-1, keepdim=True).clamp_min(eps)).to(x.dtype)
+
+
+def check_features(name: str, x: torch.Tensor, *, finite: bool = True) -> None:
+    """Raise ``ValueError`` unless ``x`` is a 2-D floating tensor ``[n, d]`` (and finite when ``finite``).
+
+    The finiteness check is one reduction plus one host sync; callers on a hot path pass ``finite=False``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}={type(x).__name__} is invalid: allowed a torch.Tensor of shape [n, d]")
+    if x.ndim != 2:
+        raise ValueError(f"{name}.shape={tuple(x.shape)} is invalid: allowed a 2-D tensor [n, d]")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}.dtype={x.dtype} is invalid: allowed a floating-point dtype")
+    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} has {bad} non-finite value(s) (NaN/Inf): allowed finite values only")
+
+
+def check_lam(lam: float | torch.Tensor, n: int, *, check: bool = True, name: str = "lam") -> None:
+    """Raise ``ValueError`` unless ``lam`` is a number or a 0-d / ``[n]`` tensor with values in ``[0, 1]``."""
+    if isinstance(lam, torch.Tensor):
+        if lam.ndim > 1 or (lam.ndim == 1 and lam.shape[0] != n):
+            raise ValueError(
+                f"{name}.shape={tuple(lam.shape)} is invalid: allowed a float, a 0-d tensor or a tensor of "
+                f"shape [{n}]"
+            )
+        if check and lam.numel():
+            lo, hi = float(lam.min()), float(lam.max())
+            if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+                bad = lo if not 0.0 <= lo <= 1.0 else hi
+                raise ValueError(f"{name}={bad!r} is invalid: allowed values in [0, 1]")
+    else:
+        check_range(name, lam, 0.0, 1.0)
+
+
+def _lam_column(lam: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+    """``lam`` as a float, or a float32 ``[n, 1]`` / 0-d tensor on ``like``'s device (broadcasts on rows)."""
+    if isinstance(lam, torch.Tensor):
+        lam = lam.to(device=like.device, dtype=torch.float32)
+        return lam[:, None] if lam.ndim == 1 else lam
+    return float(lam)
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, check: bool) -> None:
+    check_features("a", a, finite=check)
+    check_features("b", b, finite=check)
+    if a.shape != b.shape:
+        raise ValueError(f"b.shape={tuple(b.shape)} is invalid: allowed the shape of a, {tuple(a.shape)}")
+    check_lam(lam, a.shape[0], check=check)
+
+
+def _orthogonal_unit(a: torch.Tensor) -> torch.Tensor:
+    """A unit vector orthogonal to each (unit) row of ``a``: the basis vector ``e_k`` with the smallest
+    ``|a_k|`` minus its projection on ``a``. Its norm is ``sqrt(1 - a_k²) >= sqrt(1 - 1/d)``, so the division
+    is safe for ``d >= 2``."""
+    k = a.abs().argmin(dim=-1, keepdim=True)
+    e = torch.zeros_like(a).scatter_(-1, k, 1.0)
+    u = e - a.gather(-1, k) * a
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+
+
+def geodesic_mix(
+    a: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, *, check: bool = True
+) -> torch.Tensor:
+    """Mix unit rows along the great circle: ``sin(λθ)/sin θ · a + sin((1-λ)θ)/sin θ · b``, renormalised.
+
+    ``θ = arccos(clamp(cos(a, b), -1, 1))``. For ``θ < 1e-3`` the result is ``normalize(λa + (1-λ)b)``
+    (the two agree to ``O(θ²)`` there and the slerp weights divide by ``sin θ ≈ 0``). For nearly
+    antipodal rows (``θ > π - 1e-3``) the geodesic is not unique; the result walks from ``a`` towards
+    ``-a`` through a fixed direction orthogonal to ``a`` (a finite unit vector; exactly ``b = -a`` at
+    ``λ = 0``). Value and gradient are finite for every finite input.
+
+    Args:
+        a: ``[n, d]`` unit rows, the ``λ`` side (``λ = 1`` returns ``a``).
+        b: ``[n, d]`` unit rows, the ``1 - λ`` side.
+        lam: a float, a 0-d tensor, or a ``[n]`` tensor, each in ``[0, 1]``. Carries no gradient.
+        check: validate finiteness of ``a``/``b`` and the range of a tensor ``lam`` (one host sync each);
+            shapes, dtypes and a float ``lam`` are always checked.
+
+    Returns:
+        ``[n, d]`` unit rows in the promoted dtype of ``a`` and ``b``.
+
+    Raises:
+        ValueError: shape mismatch, not 2-D, ``d < 2``, ``lam`` outside ``[0, 1]``, non-finite features.
+    """
+    _check_pair(a, b, lam, check)
+    if a.shape[1] < 2:
+        raise ValueError(f"a.shape[1]={a.shape[1]} is invalid: allowed an embedding dimension d >= 2")
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    a32, b32 = a.float(), b.float()
+    lam_c = _lam_column(lam, a32)
+    if isinstance(lam_c, torch.Tensor):
+        lam_c = lam_c.detach()
+
+    # cos from the normalised dot product: robust to rows that are only approximately unit (fp16 input).
+    na = a32.norm(dim=-1, keepdim=True)
+    nb = b32.norm(dim=-1, keepdim=True)
+    cos = ((a32 * b32).sum(-1, keepdim=True) / (na * nb).clamp_min(_NORM_EPS)).clamp(-1.0, 1.0)
+    near = cos > _COS_SMALL
+    anti = cos < _COS_ANTIPODAL
+    regular = ~(near | anti)
+
+    # Slerp branch: acos and 1/sin θ see a safe dummy (cos = 0, θ = π/2) wherever this branch is unused.
+    theta = torch.acos(torch.where(regular, cos, torch.zeros_like(cos)))
+    sin_theta = torch.sin(theta)
+    slerp = (torch.sin(lam_c * theta) * a32 + torch.sin((1.0 - lam_c) * theta) * b32) / sin_theta
+
+    # Near-identical rows: the chord, which is within O(θ²) of the arc.
+    chord = lam_c * a32 + (1.0 - lam_c) * b32
+
+    # Antipodal rows: half a great circle from a (λ = 1) to -a (λ = 0) through u ⟂ a.
+    a_unit = a32 / na.clamp_min(_NORM_EPS)
+    phi = (1.0 - lam_c) * math.pi
+    if not isinstance(phi, torch.Tensor):
+        phi = torch.tensor(phi, device=a32.device)
+    antipodal = torch.cos(phi) * a_unit + torch.sin(phi) * _orthogonal_unit(a_unit.detach())
+
+    out = torch.where(near, chord, torch.where(anti, antipodal, slerp))
+    out = out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return out.to(out_dtype)
+
+
+def linear_mix(
+    a: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, *, check: bool = True
+) -> torch.Tensor:
+    """The Euclidean counterpart of :func:`geodesic_mix`: ``normalize(λa + (1-λ)b)``.
+
+    Args and Raises: as :func:`geodesic_mix`. For ``b = -a`` at ``λ = ½`` the chord is zero and no
+    direction is preferred; the result falls back to ``a`` itself (finite and unit).
+
+    Returns:
+        ``[n, d]`` unit rows in the promoted dtype of ``a`` and ``b``.
+    """
+    _check_pair(a, b, lam, check)
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    a32, b32 = a.float(), b.float()
+    lam_c = _lam_column(lam, a32)
+    if isinstance(lam_c, torch.Tensor):
+        lam_c = lam_c.detach()
+    chord = lam_c * a32 + (1.0 - lam_c) * b32
+    norm = chord.norm(dim=-1, keepdim=True)
+    # A (near-)zero chord has no direction: fall back to a, so value and gradient stay finite.
+    degenerate = norm < 1e-6
+    safe = torch.where(degenerate, a32, chord) / torch.where(degenerate, torch.ones_like(norm), norm)
+    safe = safe / safe.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return safe.to(out_dtype)
