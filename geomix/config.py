@@ -73,6 +73,8 @@ MIX_GEOMETRIES = ("geodesic", "linear")
 WEIGHT_DECAYS = ("constant", "inverse_epoch")
 LOSS_KINDS = ("contrastive", "imix", "unmix")
 WASSERSTEIN_ESTIMATORS = ("sliced", "exact")
+# Visual styles (domains) of the embedded shapes data; geomix.data.shapes draws exactly these.
+SHAPE_STYLES = ("flat", "outline", "textured", "dark")
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,11 @@ class DataConfig:
         check_range(f"{prefix}.loader_workers", self.loader_workers, 0, 64)
         if not self.styles:
             _fail(f"{prefix}.styles", self.styles, "at least one style")
+        if self.source == "shapes":
+            for name in ("styles", "base_styles"):
+                for i, style in enumerate(getattr(self, name)):
+                    check_choice(f"{prefix}.{name}[{i}]", style, SHAPE_STYLES)
+            check_range(f"{prefix}.image_size", self.image_size, 16, 256)
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,9 @@ class RunConfig:
     ``eval_every``: evaluate on the validation split every N epochs (0 = only at the end); the test split
     is always evaluated at the end. ``out_dir``: checkpoints, metrics and saved embeddings (None = no
     files). ``resume``: continue from the last checkpoint in ``out_dir`` if there is one.
+    ``eval_start``: also evaluate the starting model on the test split (result keys ``start_test_*``; the
+    command line turns it on to print base -> fine-tuned). ``report_every``: also report training
+    progress (loss, λ) to the hooks every N steps (0 = only at evaluation points).
     """
 
     seed: int = 0
@@ -290,6 +300,8 @@ class RunConfig:
     save_embeddings: bool = False
     threads: int | None = None
     progress: bool = True
+    eval_start: bool = False
+    report_every: int = 0
 
     def validate(self, prefix: str = "run") -> None:
         check_choice(f"{prefix}.device", self.device, ("auto", "cpu", "cuda"))
@@ -299,6 +311,7 @@ class RunConfig:
         check_range(f"{prefix}.checkpoint_every", self.checkpoint_every, 0, None)
         if self.threads is not None:
             check_range(f"{prefix}.threads", self.threads, 1, None)
+        check_range(f"{prefix}.report_every", self.report_every, 0, None)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""Data: the embedded generator's determinism and variety, the pinned build_* API, loaders and export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from geomix.config import DataConfig
+from geomix.data import STYLES, EvalSet, build_eval_set, build_train_set, validate_data
+from geomix.data.captions import COLOURS, SHAPES
+from geomix.data.shapes import ShapesData, render, rng_for, sample_scene
+
+
+def _tok(texts: list[str]) -> torch.Tensor:
+    """A cheap, exact stand-in for open_clip's tokenizer: word hashes, padded to 24 tokens."""
+    out = torch.zeros(len(texts), 24, dtype=torch.long)
+    for r, t in enumerate(texts):
+        ids = [sum(map(ord, w)) % 997 + 1 for w in t.split()][:24]
+        out[r, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_tok():
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def test_same_seed_index_gives_same_sample_in_two_objects():
+    a = ShapesData("train", 16, ("flat", "dark"), seed=3)
+    b = ShapesData("train", 16, ("flat", "dark"), seed=3)
+    for i in (0, 5, 15):
+        assert np.array_equal(a.image(i), b.image(i))
+        assert a.captions(i) == b.captions(i)
+        assert a.label(i) == b.label(i)
+    c = ShapesData("train", 16, ("flat", "dark"), seed=4)
+    assert not all(np.array_equal(a.image(i), c.image(i)) for i in range(16))
+
+
+def test_same_sample_in_a_subprocess():
+    d = ShapesData("test", 8, ("textured",), seed=7)
+    code = (
+        "import hashlib, json; from geomix.data.shapes import ShapesData\n"
+        "d = ShapesData('test', 8, ('textured',), seed=7)\n"
+        "h = [[hashlib.sha256(d.image(i).tobytes()).hexdigest(), d.captions(i)] for i in range(8)]\n"
+        "print(json.dumps(h))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import hashlib
+
+    expected = [[hashlib.sha256(d.image(i).tobytes()).hexdigest(), d.captions(i)] for i in range(8)]
+    assert json.loads(out) == expected
+
+
+def test_captions_count_content_and_ambiguity():
+    d = ShapesData("test", 512, ("dark",), captions_per_image=5)
+    firsts = []
+    for i in range(len(d)):
+        caps = d.captions(i)
+        assert len(caps) == 5 and len(set(caps)) >= 4
+        main = d.scene(i).objects[0]
+        # The canonical caption names the main shape's colour and shape with canonical words, first.
+        assert caps[0].startswith(f"a {main.size} {main.colour} {main.shape}")
+        firsts.append(caps[0])
+    dup = sum(n for n in Counter(firsts).values() if n > 1) / len(firsts)
+    assert dup < 0.10, dup  # distinct images rarely share their first caption (measured ~5%)
+    words = " ".join(c for i in range(64) for c in d.captions(i))
+    for synonym in ("crimson", "box", "a pair of", "left of", "shapes"):
+        assert synonym in words or synonym.replace("crimson", "scarlet") in words
+    # Captions must carry attributes: many images share a colour+shape class, so the class alone is vague.
+    assert len(Counter(d.labels)) == len(COLOURS) * len(SHAPES)
+    assert ShapesData("test", 3, ("dark",), captions_per_image=9).captions(0).__len__() == 9
+
+
+def test_four_styles_differ_on_the_same_scene():
+    assert set(STYLES) >= {"flat", "outline", "textured", "dark"}
+    scene = sample_scene(0, "test", 1)
+    imgs = {s: render(scene, s, 32, rng_for("r", s)).astype(float) for s in STYLES}
+    for s in STYLES:
+        assert imgs[s].shape == (32, 32, 3)
+    for i, s in enumerate(STYLES):
+        for t in STYLES[i + 1 :]:
+            assert np.abs(imgs[s] - imgs[t]).mean() > 10, (s, t)
+    assert imgs["dark"].mean() < 80 < imgs["flat"].mean()  # a dark background really is dark
+    assert ShapesData("val", 2, ("flat",), image_size=64).image(0).shape == (64, 64, 3)
+
+
+def test_splits_are_disjoint():
+    splits = ("train", "val", "test")
+    pix = {s: {ShapesData(s, 64, ("flat",)).image(i).tobytes() for i in range(64)} for s in splits}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not pix[a] & pix[b], (a, b)
+    caps = {s: [ShapesData(s, 64, ("flat",)).captions(i) for i in range(64)] for s in splits}
+    assert caps["train"] != caps["val"] != caps["test"]
+
+
+def test_build_train_set_items_and_epoch_choice(clip_tok):
+    cfg = DataConfig(train_size=32, seed=1)
+    ds = build_train_set(cfg, None, clip_tok)
+    img, tok = ds[3]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32
+    assert tok.shape == (77,) and tok.dtype == torch.long
+    assert ds.tokens.shape == (32 * 5, 77)
+    caps0 = [ds.captions_text[ds.caption_index(i)] for i in range(32)]
+    ds.set_epoch(1)
+    caps1 = [ds.captions_text[ds.caption_index(i)] for i in range(32)]
+    assert caps0 != caps1  # a new epoch picks other captions...
+    again = build_train_set(cfg, None, clip_tok)
+    again.set_epoch(1)
+    assert [again.captions_text[again.caption_index(i)] for i in range(32)] == caps1  # ...deterministically
+    assert torch.equal(again[3][1], ds[3][1]) and torch.equal(ds[3][1], clip_tok([caps1[3]])[0])
+    other = build_train_set(cfg, None, clip_tok, seed=2)
+    other.set_epoch(1)
+    assert [other.captions_text[other.caption_index(i)] for i in range(32)] != caps1
+    assert torch.equal(other[3][0], ds[3][0])  # the seed argument changes captions, not images
+    base = build_train_set(cfg, None, _tok, styles=("flat", "outline"), size=10)
+    assert len(base) == 10 and base.source.styles == ("flat", "outline")
+
+
+def test_build_eval_set(clip_tok):
+    cfg = DataConfig(val_size=12, test_size=20)
+    ev = build_eval_set(cfg, "test", None, clip_tok)
+    assert isinstance(ev, EvalSet) and len(ev.images) == 20
+    assert ev.captions.shape == (100, 77) and ev.txt_to_img.tolist() == [i // 5 for i in range(100)]
+    assert ev.labels.shape == (20,) and ev.labels.max() < len(ev.class_prompts) == 30
+    assert ev.class_prompts[0] == "a photo of a red circle."
+    assert ev.images[0].shape == (3, 32, 32)
+    assert len(build_eval_set(cfg, "val", None, _tok).images) == 12
+    first = build_eval_set(dataclasses.replace(cfg, eval_captions="first"), "val", None, _tok)
+    assert first.captions.shape[0] == 12 and first.txt_to_img.tolist() == list(range(12))
+
+
+def test_open_clip_preprocess_matches_fast_transform(clip_tok):
+    """The open_clip path (PIL -> preprocess) agrees with the fast path when no resizing is involved."""
+    import open_clip
+
+    pre = open_clip.image_transform(32, is_train=False)
+    cfg = DataConfig(test_size=4)
+    slow = build_eval_set(cfg, "test", pre, clip_tok).images[2]
+    fast = build_eval_set(cfg, "test", None, clip_tok).images[2]
+    assert torch.allclose(slow, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"styles": ("sepia",)}, "data.styles"),
+        ({"base_styles": ("flat", "neon")}, "data.base_styles"),
+        ({"image_size": 8}, "data.image_size"),
+    ],
+)
+def test_bad_shapes_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        validate_data(DataConfig(**kwargs))
+
+
+def test_bad_build_arguments():
+    with pytest.raises(ValueError, match="split='train'"):
+        build_eval_set(DataConfig(), "train", None, _tok)
+    with pytest.raises(ValueError, match="styles='neon'"):
+        build_train_set(DataConfig(), None, _tok, styles=("neon",))
+    assert validate_data(DataConfig())["test"] == 512
