@@ -168,3 +168,139 @@ def test_bad_build_arguments():
     with pytest.raises(ValueError, match="styles='neon'"):
         build_train_set(DataConfig(), None, _tok, styles=("neon",))
     assert validate_data(DataConfig())["test"] == 512
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export, CSV and Karpathy-JSON loaders
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from geomix.data.export import main
+
+    out = tmp_path_factory.mktemp("export")
+    assert main(["--out", str(out), "--size", "6", "--styles", "dark", "flat", "--seed", "5"]) == 0
+    return out
+
+
+def _csv_cfg(out, **kw) -> DataConfig:
+    return DataConfig(source="csv", path=str(out / "train.csv"), val_path=str(out / "val.csv"),
+                      test_path=str(out / "test.csv"), **kw)
+
+
+def _json_cfg(out, **kw) -> DataConfig:
+    return DataConfig(source="json", path=str(out / "dataset_karpathy.json"), **kw)
+
+
+@pytest.mark.parametrize("make_cfg", [_csv_cfg, _json_cfg], ids=["csv", "json"])
+def test_export_round_trip(exported, make_cfg):
+    cfg = make_cfg(exported)
+    assert validate_data(cfg) == {"train": 6, "val": 6, "test": 6, "skipped": 0}
+    ref_cfg = DataConfig(seed=5, styles=("dark", "flat"), val_size=6, test_size=6, train_size=6)
+    for split in ("val", "test"):
+        got = build_eval_set(cfg, split, None, _tok)
+        ref = build_eval_set(ref_cfg, split, None, _tok)
+        assert got.captions_text == ref.captions_text and len(got.captions_text) == 30
+        assert torch.equal(got.captions, ref.captions) and torch.equal(got.txt_to_img, ref.txt_to_img)
+        for i in range(6):
+            assert torch.equal(got.images[i], ref.images[i])  # PNG is lossless: identical pixels
+    src = ShapesData("test", 6, ("dark", "flat"), seed=5)
+    raw = build_eval_set(cfg, "test", None, _tok).images.source.image(4)
+    assert np.array_equal(np.asarray(raw), src.image(4))
+    train = build_train_set(cfg, None, _tok, seed=5)  # the caption choice follows the seed
+    ref_train = build_train_set(ref_cfg, None, _tok)
+    for e in (0, 3):
+        train.set_epoch(e)
+        ref_train.set_epoch(e)
+        assert torch.equal(train[2][1], ref_train[2][1]) and torch.equal(train[2][0], ref_train[2][0])
+
+
+def test_json_carries_labels_csv_does_not(exported):
+    ev = build_eval_set(_json_cfg(exported), "test", None, _tok)
+    assert ev.labels.tolist() == ShapesData("test", 6, ("dark", "flat"), seed=5).labels
+    assert ev.class_prompts[0] == "a photo of a red circle."
+    assert build_eval_set(_csv_cfg(exported), "test", None, _tok).labels is None
+
+
+def test_fast_transform_resizes_other_sizes(exported):
+    cfg = _csv_cfg(exported, image_size=16)
+    img = build_eval_set(cfg, "val", None, _tok).images[0]
+    assert img.shape == (3, 16, 16)
+
+
+def _copy_export(exported, tmp_path):
+    import shutil
+
+    shutil.copytree(exported, tmp_path / "d")
+    return tmp_path / "d"
+
+
+def test_missing_file_names_file_and_row(exported, tmp_path):
+    d = _copy_export(exported, tmp_path)
+    (d / "images" / "val" / "000002.png").unlink()
+    # Image 2's first caption is on line 2 + 2 * 5 = 12 of val.csv (line 1 is the header).
+    with pytest.raises(ValueError, match=r"val\.csv:12: image file .*000002\.png.* does not exist"):
+        validate_data(_csv_cfg(d))
+    with pytest.raises(ValueError, match=r"dataset_karpathy\.json:images\[8\]: image file .*000002\.png"):
+        validate_data(_json_cfg(d))
+
+
+def test_unreadable_image_names_file_and_row(exported, tmp_path):
+    d = _copy_export(exported, tmp_path)
+    (d / "images" / "test" / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match=r"test\.csv:7: image file .*000001\.png.* is unreadable"):
+        build_eval_set(_csv_cfg(d), "test", None, _tok)
+    with pytest.raises(ValueError, match=r"images\[13\]: image file .*000001\.png.* is unreadable"):
+        validate_data(_json_cfg(d))
+
+
+def test_empty_split_and_unknown_column(exported, tmp_path):
+    d = _copy_export(exported, tmp_path)
+    (d / "val.csv").write_text("filepath\ttitle\n")
+    with pytest.raises(ValueError, match=r"val\.csv: split 'val' has no usable images"):
+        validate_data(_csv_cfg(d))
+    meta = json.loads((d / "dataset_karpathy.json").read_text())
+    meta["images"] = [m for m in meta["images"] if m["split"] != "test"]
+    (d / "dataset_karpathy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"dataset_karpathy\.json: split 'test' has no usable images"):
+        validate_data(_json_cfg(d))
+    unknown = r"train\.csv: data\.csv_caption_key='caption' is not a column.*'title'"
+    with pytest.raises(ValueError, match=unknown):
+        validate_data(_csv_cfg(exported, csv_caption_key="caption"))
+    with pytest.raises(ValueError, match=r"data\.val_path=None"):
+        validate_data(dataclasses.replace(_csv_cfg(exported), val_path=None))
+
+
+def test_bad_rows_name_the_row(exported, tmp_path):
+    d = _copy_export(exported, tmp_path)
+    lines = (d / "train.csv").read_text().splitlines()
+    lines[3] = lines[3].split("\t")[0] + "\t"  # empty caption on line 4
+    (d / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train\.csv:4: empty caption in column 'title'"):
+        validate_data(_csv_cfg(d))
+    meta = json.loads((d / "dataset_karpathy.json").read_text())
+    meta["images"][1]["split"] = "holdout"
+    del meta["images"][2]["sentences"]
+    (d / "dataset_karpathy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"images\[1\]: split='holdout' is invalid"):
+        validate_data(_json_cfg(d))
+    src = build_train_set(_json_cfg(d, skip_bad=True), None, _tok)
+    assert len(src) == 4 and src.n_skipped == 2
+
+
+def test_skip_bad_skips_and_counts(exported, tmp_path, caplog):
+    d = _copy_export(exported, tmp_path)
+    (d / "images" / "train" / "000000.png").unlink()
+    (d / "images" / "train" / "000003.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="000000.png"):
+        build_train_set(_csv_cfg(d), None, _tok)
+    cfg = _csv_cfg(d, skip_bad=True)
+    with caplog.at_level("WARNING"):
+        assert validate_data(cfg) == {"train": 4, "val": 6, "test": 6, "skipped": 2}
+    assert "skipped 2 bad rows/images" in caplog.text
+    ds = build_train_set(cfg, None, _tok)
+    assert len(ds) == 4 and ds.n_skipped == 2 and ds.tokens.shape[0] == 20
+    ref = ShapesData("train", 6, ("dark", "flat"), seed=5)
+    assert ds.captions_text[:5] == ref.captions(1)  # image 0 was skipped, image 1 comes first
+    ev = build_eval_set(_json_cfg(d, skip_bad=True), "test", None, _tok)
+    assert ev.n_skipped == 0 and len(ev.images) == 6

@@ -1,0 +1,232 @@
+"""Real image-caption data: open_clip-style CSV files and Karpathy-split JSON (Flickr30k / COCO).
+
+CSV (``data.source='csv'``): one row per caption, columns ``data.csv_img_key`` (image path, relative to
+the CSV's folder unless absolute) and ``data.csv_caption_key``, separated by ``data.csv_separator``;
+several rows with the same image are that image's captions. ``data.path`` is the training file,
+``data.val_path`` / ``data.test_path`` the evaluation ones.
+
+Karpathy JSON (``data.source='json'``)::
+
+    {"images": [{"filepath": "train2014"?, "filename": "x.jpg", "split": "train|val|test|restval",
+                 "sentences": [{"raw": "a caption"}, ...], "label": 3?}, ...], "class_prompts": [...]?}
+
+Images live under ``data.image_root`` (default: the JSON's folder) / ``filepath`` / ``filename``;
+``restval`` counts as train. If every image of a split has an integer ``label`` and the file has
+``class_prompts`` (as :mod:`geomix.data.export` writes), the split carries class labels.
+
+Every problem (missing or unreadable file, unknown column, malformed row, empty caption, empty split)
+raises a ``ValueError`` naming the file and row; with ``data.skip_bad`` bad rows and images are skipped,
+counted (``n_skipped``) and logged instead, but an empty split is always an error. Images are checked
+with PIL's ``verify`` (header and, for PNG, chunk checksums), which is cheap; an image that still fails
+to decode later raises an error naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from geomix.config import DataConfig, check_choice
+
+log = logging.getLogger(__name__)
+
+KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class _Record:
+    path: Path
+    captions: tuple[str, ...]
+    where: str  # "file:row" or "file:images[i]", for error messages
+    label: int | None = None
+
+
+class FileSource:
+    """Images on disk with their captions: the source behind CSV and JSON data sets.
+
+    Attributes:
+        n_skipped: bad rows and images skipped (``skip_bad``).
+        labels: class ids per image, or None; ``class_prompts`` likewise.
+    """
+
+    def __init__(self, records: list[_Record], *, name: str, n_skipped: int = 0,
+                 class_prompts: list[str] | None = None) -> None:
+        self.records, self.name, self.n_skipped = records, name, n_skipped
+        has_labels = class_prompts is not None and all(r.label is not None for r in records)
+        self.labels: list[int] | None = [int(r.label) for r in records] if has_labels else None
+        self.class_prompts = class_prompts if has_labels else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, i: int) -> Image.Image:
+        r = self.records[i]
+        try:
+            with Image.open(r.path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{r.where}: image {str(r.path)!r} is unreadable ({e})") from e
+
+    def captions(self, i: int) -> list[str]:
+        return list(self.records[i].captions)
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self)} images, {self.n_skipped} skipped)"
+
+
+def _image_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"image file {str(path)!r} does not exist"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
+        return f"image file {str(path)!r} is unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+class _Collector:
+    """Raises on the first problem, or (skip_bad) counts and logs them."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad, self.n_skipped = skip_bad, 0
+
+    def bad(self, where: str, problem: str) -> None:
+        msg = f"{where}: {problem}"
+        if not self.skip_bad:
+            raise ValueError(msg + " (set data.skip_bad=true to skip bad rows)")
+        self.n_skipped += 1
+        log.warning("skipping %s", msg)
+
+
+def _require_file(path: str | None, what: str) -> Path:
+    if not path:
+        raise ValueError(f"{what}={path!r} is invalid: allowed a path to an existing file")
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what}={path!r} is invalid: the file does not exist")
+    return p
+
+
+def _read_csv(path: Path, cfg: DataConfig, bad: _Collector) -> list[_Record]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=cfg.csv_separator)
+        columns = reader.fieldnames
+        if not columns:
+            raise ValueError(f"{path}: the file is empty: allowed a header row naming the columns")
+        for key, value in (("csv_img_key", cfg.csv_img_key), ("csv_caption_key", cfg.csv_caption_key)):
+            if value not in columns:
+                raise ValueError(
+                    f"{path}: data.{key}={value!r} is not a column of the file: allowed columns are "
+                    f"{', '.join(repr(c) for c in columns)} (separator {cfg.csv_separator!r})"
+                )
+        grouped: dict[str, tuple[list[str], str]] = {}
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            img, cap = (row.get(cfg.csv_img_key) or "").strip(), (row.get(cfg.csv_caption_key) or "").strip()
+            if None in row:
+                bad.bad(where, f"row has more fields than the {len(columns)} columns of the header")
+            elif not img:
+                bad.bad(where, f"empty image path in column {cfg.csv_img_key!r}")
+            elif not cap:
+                bad.bad(where, f"empty caption in column {cfg.csv_caption_key!r}")
+            else:
+                grouped.setdefault(img, ([], where))[0].append(cap)
+    return [_Record(path.parent / img, tuple(caps), where) for img, (caps, where) in grouped.items()]
+
+
+def _read_karpathy(
+    path: Path, split: str, root: Path, bad: _Collector
+) -> tuple[list[_Record], list[str] | None]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: allowed a Karpathy-split JSON object with an 'images' list")
+    prompts = data.get("class_prompts")
+    records: list[_Record] = []
+    allowed = sorted({s for v in KARPATHY_SPLITS.values() for s in v})
+    for i, entry in enumerate(data["images"]):
+        where = f"{path}:images[{i}]"
+        if not isinstance(entry, dict):
+            bad.bad(where, "entry is not an object")
+            continue
+        if entry.get("split") not in allowed:
+            bad.bad(where, f"split={entry.get('split')!r} is invalid: allowed one of {', '.join(allowed)}")
+            continue
+        if entry["split"] not in KARPATHY_SPLITS[split]:
+            continue
+        sentences = entry.get("sentences")
+        if not isinstance(entry.get("filename"), str) or not entry["filename"]:
+            bad.bad(where, "missing key 'filename'")
+            continue
+        if not isinstance(sentences, list) or not sentences:
+            bad.bad(where, "missing or empty 'sentences' list")
+            continue
+        caps = [s.get("raw", "").strip() if isinstance(s, dict) else "" for s in sentences]
+        if not all(caps):
+            bad.bad(where, "a sentence has no 'raw' caption text")
+            continue
+        label = entry.get("label")
+        records.append(_Record(root / entry.get("filepath", "") / entry["filename"], tuple(caps), where,
+                               label if isinstance(label, int) else None))
+    return records, prompts if isinstance(prompts, list) else None
+
+
+def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> FileSource:
+    """Read and check one split of a CSV or Karpathy-JSON data set.
+
+    Args:
+        cfg: the data config (``source`` 'csv' or 'json').
+        split: 'train', 'val' or 'test'.
+        size: keep only the first ``size`` images (checked before any image is opened).
+
+    Returns:
+        A :class:`FileSource`; ``n_skipped`` counts what ``cfg.skip_bad`` skipped.
+    """
+    check_choice("split", split, tuple(KARPATHY_SPLITS))
+    check_choice("data.source", cfg.source, ("csv", "json"))
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size={size!r} is invalid: allowed a positive integer or None")
+    bad = _Collector(cfg.skip_bad)
+    prompts = None
+    if cfg.source == "csv":
+        key = {"train": "path", "val": "val_path", "test": "test_path"}[split]
+        path = _require_file(getattr(cfg, key), f"data.{key}")
+        records = _read_csv(path, cfg, bad)
+    else:
+        path = _require_file(cfg.path, "data.path")
+        root = Path(cfg.image_root) if cfg.image_root else path.parent
+        if not root.is_dir():
+            raise ValueError(f"data.image_root={str(root)!r} is invalid: allowed an existing folder")
+        records, prompts = _read_karpathy(path, split, root, bad)
+    if size is not None:
+        records = records[:size]
+    good = []
+    for r in records:
+        problem = _image_problem(r.path)
+        if problem is None:
+            good.append(r)
+        else:
+            bad.bad(r.where, problem)
+    if not good:
+        raise ValueError(f"{path}: split {split!r} has no usable images: allowed a split with at least one")
+    if bad.n_skipped:
+        log.warning("%s split %r: skipped %d bad rows/images (data.skip_bad)", path, split, bad.n_skipped)
+    return FileSource(good, name=f"{path}[{split}]", n_skipped=bad.n_skipped, class_prompts=prompts)
+
+
+def validate_files(cfg: DataConfig) -> dict[str, int]:
+    """Check every split of a file data set; returns image counts per split and the total ``skipped``."""
+    counts: dict[str, int] = {"skipped": 0}
+    for split in KARPATHY_SPLITS:
+        src = file_source(cfg, split)
+        counts[split] = len(src)
+        counts["skipped"] += src.n_skipped
+    return counts
