@@ -170,16 +170,21 @@ def _block(cols: int) -> int:
 
 def _i2t_scan(
     img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor, scale: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Image->text ranks (pessimistic ties, any caption counts) and, with ``scale``, softmax confidence.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Image->text ranks (pessimistic ties, any caption counts) and, with ``scale``, image-level calibration.
 
     Returns:
         ranks: LongTensor [n], number of wrong captions scoring >= the image's best own caption.
-        conf: [n] max softmax probability over all m captions of ``scale * cos``, or None.
+        conf: [n] or None. ``p = softmax(scale * cos(img_i, txt))`` over the m captions is summed per image
+            (the "class" of a caption is its image); conf is the largest per-image mass.
+        hit: BoolTensor [n] or None, the image's own mass is strictly larger than every other image's.
     """
     n, m = img.shape[0], txt.shape[0]
     ranks = torch.empty(n, dtype=torch.long, device=img.device)
-    conf = None if scale is None else torch.empty(n, dtype=img.dtype, device=img.device)
+    conf = hit = None
+    if scale is not None:
+        conf = torch.empty(n, dtype=img.dtype, device=img.device)
+        hit = torch.empty(n, dtype=torch.bool, device=img.device)
     step = _block(m)
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -187,11 +192,17 @@ def _i2t_scan(
         own = t2i.unsqueeze(0) == torch.arange(s, e, device=img.device).unsqueeze(1)
         best = sim.masked_fill(~own, -math.inf).amax(dim=1, keepdim=True)
         ranks[s:e] = ((sim >= best) & ~own).sum(dim=1)
-        if conf is not None:
-            logits = sim * scale
-            # max softmax probability without materialising the softmax
-            conf[s:e] = torch.exp(logits.amax(dim=1) - torch.logsumexp(logits, dim=1))
-    return ranks, conf
+        if scale is not None:
+            # Summing over an image's captions keeps the confidence meaningful with 5 captions per image:
+            # 5 near-equal good captions would otherwise cap the top-caption probability near 0.2.
+            mass = sim.new_zeros(e - s, n).index_add_(1, t2i, torch.softmax(sim * scale, dim=1))
+            rows, cols = torch.arange(e - s, device=img.device), torch.arange(s, e, device=img.device)
+            own_mass = mass[rows, cols]
+            mass[rows, cols] = -math.inf
+            rival = mass.amax(dim=1)
+            conf[s:e] = torch.maximum(own_mass, rival)
+            hit[s:e] = own_mass > rival  # a tie with another image counts as a miss, as in retrieval
+    return ranks, conf, hit
 
 
 def _t2i_ranks(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor) -> torch.Tensor:
@@ -327,7 +338,7 @@ def retrieval_recall(
     txt = _check_embeddings("txt", txt, min_rows=1)
     img, txt = _check_same(img, txt, "img", "txt")
     t2i = _check_txt_to_img(txt_to_img, img.shape[0], txt.shape[0], img.device)
-    i2t, _ = _i2t_scan(img, txt, t2i)
+    i2t, _, _ = _i2t_scan(img, txt, t2i)
     t2i_ranks = _t2i_ranks(img, txt, t2i)
     out = {}
     for k in ks:
@@ -473,10 +484,11 @@ def evaluate_embeddings(
       n pairs (image i, FIRST caption of image i in txt order), i.e. the one-caption-per-image protocol of the
       authors' code; with ``txt_to_img=None`` that is simply row i of txt.
     - With ``class_txt`` and ``labels``: ``zs_acc`` and ``ece`` from :func:`zero_shot`. Without them:
-      ``zs_acc`` is NaN and ``ece`` is that of image->text retrieval seen as classification over the m
-      captions: confidence = max softmax probability of ``scale * cos(img_i, txt)`` over all captions,
-      correct = R@1 image->text hit (the top caption belongs to image i, ties pessimistic as in retrieval),
-      so the accuracy behind this ECE equals ``r1_i2t``.
+      ``zs_acc`` is NaN and ``ece`` is that of image->text retrieval seen as classification of image i
+      among the n images through its captions: ``p = softmax(scale * cos(img_i, txt))`` over ALL m captions,
+      the mass of image g is the sum of ``p`` over g's captions ("any caption of the image" is the correct
+      class), confidence = the largest mass, correct = image i's own mass is strictly the largest (ties
+      pessimistic, as in retrieval). With one caption per image the accuracy behind it equals ``r1_i2t``.
 
     Args:
         img: [n, d] image embeddings, n >= 2.
@@ -501,7 +513,7 @@ def evaluate_embeddings(
         txt = txt.to(img.dtype)
         labels = _check_labels("labels", labels, n, class_txt.shape[0], img.device)
 
-    i2t_ranks, conf = _i2t_scan(img, txt, t2i, scale)
+    i2t_ranks, conf, hit = _i2t_scan(img, txt, t2i, scale)
     t2i_ranks = _t2i_ranks(img, txt, t2i)
     out: dict[str, float] = {}
     for k in RETRIEVAL_KS:
@@ -518,7 +530,7 @@ def evaluate_embeddings(
 
     if class_txt is None:
         out["zs_acc"] = math.nan
-        out["ece"] = _ece(conf, i2t_ranks == 0, 15)
+        out["ece"] = _ece(conf, hit, 15)
     else:
         out.update(_zero_shot(img, class_txt, labels, scale))
     return {k: out[k] for k in METRIC_KEYS}

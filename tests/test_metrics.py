@@ -77,18 +77,22 @@ def _ref_within(x, t=2.0):
     return math.log(sum(vals) / len(vals))
 
 
-def _ref_ece(probs, labels, n_bins):
-    conf, pred = probs.double().max(dim=1)
+def _ref_ece_conf(conf, correct, n_bins):
     n = len(conf)
     total = 0.0
     for b in range(n_bins):
         lo, hi = b / n_bins, (b + 1) / n_bins
         idx = [i for i in range(n) if (lo < conf[i] <= hi) or (b == 0 and conf[i] == 0)]
         if idx:
-            acc = sum(float(pred[i] == labels[i]) for i in idx) / len(idx)
+            acc = sum(float(correct[i]) for i in idx) / len(idx)
             cf = sum(float(conf[i]) for i in idx) / len(idx)
             total += len(idx) / n * abs(acc - cf)
     return 100.0 * total
+
+
+def _ref_ece(probs, labels, n_bins):
+    conf, pred = probs.double().max(dim=1)
+    return _ref_ece_conf(conf, pred == labels, n_bins)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,13 +335,12 @@ def test_evaluate_embeddings_keys_and_consistency_one_caption():
     assert out["unif_txt"] == M.within_uniformity(txt)
     assert {k: out[k] for k in ("gap", "cos_pos", "cos_neg")} == M.modality_gap(img, txt)
     assert math.isnan(out["zs_acc"])
-    # retrieval ECE: confidence = max softmax over captions at scale 100, correct = R@1 hit
+    # one caption per image: confidence = max softmax over captions at scale 100, correct = R@1 hit
     sim = 100 * (_unit(img) @ _unit(txt).T)
     conf, pred = torch.softmax(sim, dim=1).max(dim=1)
     correct = pred == torch.arange(60)  # no exact ties in continuous random data
     assert correct.double().mean().item() * 100 == pytest.approx(out["r1_i2t"])
-    probs = torch.stack([conf, 1 - conf], dim=1)
-    assert out["ece"] == pytest.approx(M.expected_calibration_error(probs, (~correct).long()), abs=1e-9)
+    assert out["ece"] == pytest.approx(_ref_ece_conf(conf, correct, 15), abs=1e-9)
 
 
 def test_evaluate_embeddings_five_captions_uses_first_caption_for_pairs():
@@ -351,6 +354,22 @@ def test_evaluate_embeddings_five_captions_uses_first_caption_for_pairs():
     assert out["unif"] == pytest.approx(M.uniformity(img, pair), abs=1e-12)
     assert out["unif_txt"] == pytest.approx(M.within_uniformity(pair), abs=1e-12)
     assert out["gap"] == pytest.approx(M.modality_gap(img, pair)["gap"], abs=1e-12)
+
+
+def test_retrieval_ece_sums_probability_over_an_images_captions():
+    # five exact copies of each image: each caption gets ~1/5 of the softmax, the image gets ~all of it
+    img = _unit(_randn(20, 32, seed=21))
+    t2i = torch.arange(20).repeat(5)
+    assert M.evaluate_embeddings(img, img[t2i], t2i)["ece"] == pytest.approx(0.0, abs=1e-6)
+    # independent reference on a noisy multi-caption set
+    img, txt, t2i = _multi_caption_set(15, 3, 8, noise=1.0, seed=22)
+    p = torch.softmax(10.0 * (_unit(img) @ _unit(txt).T), dim=1)
+    mass = torch.stack([p[:, t2i == g].sum(dim=1) for g in range(15)], dim=1)
+    conf, pred = mass.max(dim=1)
+    correct = pred == torch.arange(15)
+    assert 0 < correct.sum() < 15  # non-trivial
+    ref = _ref_ece_conf(conf, correct, 15)
+    assert M.evaluate_embeddings(img, txt, t2i, scale=10.0)["ece"] == pytest.approx(ref, abs=1e-9)
 
 
 def test_evaluate_embeddings_collapsed_ece_and_class_metrics():
