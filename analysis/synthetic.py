@@ -1,0 +1,147 @@
+"""Synthetic result frames with the real schema, for the tables benchmark and for trying the analysis.
+
+The numbers are made up (a method effect plus seed noise); the columns are exactly what a sweep writes:
+the flattened :class:`geomix.config.TrainConfig`, the metrics, status and bookkeeping columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from geomix.config import TrainConfig, flatten, to_dict
+from geomix.results import METRIC_COLUMNS, SCHEMA_VERSION
+
+#: How each ablation method differs from the default config (as a sweep config would set it).
+METHOD_OVERRIDES: dict[str, dict[str, object]] = {
+    "zs": {},
+    "ft": {},
+    "ft_tau0.05": {"loss.tau": 0.05},
+    "ft_tau0.10": {"loss.tau": 0.10},
+    "imix": {"loss.kind": "imix"},
+    "unmix": {"loss.kind": "unmix"},
+    "m2_mix": {"loss.w_m2": 0.01},
+    "v_mix": {"loss.w_v": 0.05},
+    "l_mix": {"loss.w_l": 0.05},
+    "vl_mix": {"loss.w_vl": 0.1},
+    "m3_mix": {"loss.w_m2": 0.01, "loss.w_v": 0.05, "loss.w_l": 0.05, "loss.w_vl": 0.1},
+    "m3_mix_linear": {
+        "loss.w_m2": 0.01,
+        "loss.w_v": 0.05,
+        "loss.w_l": 0.05,
+        "loss.w_vl": 0.1,
+        "mix.geometry": "linear",
+    },
+}
+_EFFECT = {
+    "zs": -25.0,
+    "ft": 0.0,
+    "ft_tau0.05": -1.0,
+    "ft_tau0.10": -6.0,
+    "imix": -3.0,
+    "unmix": -1.0,
+    "m2_mix": 1.0,
+    "v_mix": 0.5,
+    "l_mix": 0.3,
+    "vl_mix": 0.8,
+    "m3_mix": 2.0,
+    "m3_mix_linear": 1.2,
+}
+
+
+def _metrics(rng: np.random.Generator, quality: np.ndarray) -> dict[str, np.ndarray]:
+    """Plausible metric columns from a latent quality [n] (higher = better)."""
+    n = quality.shape[0]
+    out: dict[str, np.ndarray] = {}
+    for k, base in (("r1", 40.0), ("r5", 70.0), ("r10", 80.0)):
+        for d in ("i2t", "t2i"):
+            out[f"{k}_{d}"] = np.clip(base + quality + rng.normal(0, 1.0, n), 0, 100)
+    out["rsum"] = sum(out[f"{k}_{d}"] for k in ("r1", "r5", "r10") for d in ("i2t", "t2i"))
+    out["align"] = np.clip(1.2 - 0.01 * quality + rng.normal(0, 0.02, n), 0, 4)
+    out["unif"] = -1.5 - 0.01 * quality + rng.normal(0, 0.02, n)
+    out["unif_img"] = out["unif"] + rng.normal(0, 0.01, n)
+    out["unif_txt"] = out["unif"] + rng.normal(0, 0.01, n)
+    out["gap"] = np.clip(0.8 - 0.01 * quality + rng.normal(0, 0.02, n), 0, 2)
+    out["cos_pos"] = np.clip(0.4 + 0.004 * quality, -1, 1)
+    out["cos_neg"] = np.clip(0.1 - 0.001 * quality, -1, 1)
+    out["zs_acc"] = np.clip(50 + quality + rng.normal(0, 1.0, n), 0, 100)
+    out["ece"] = np.clip(8 - 0.1 * quality + rng.normal(0, 0.5, n), 0, 100)
+    assert set(out) == set(METRIC_COLUMNS)
+    return out
+
+
+def synthetic_trials(
+    n_trials: int, *, seeds: int = 3, search_frac: float = 0.5, fail_frac: float = 0.05, seed: int = 0
+) -> pd.DataFrame:
+    """A trials frame of ``n_trials`` rows: ablation methods x seeds, the rest Optuna-style search trials.
+
+    Search trials vary ``mix.m2.alpha``, ``mix.m2.beta``, ``loss.w_m2``, ``loss.tau`` and the λ policy.
+    A ``fail_frac`` share is failed / diverged / early-stopped, with no metrics.
+    """
+    rng = np.random.default_rng(seed)
+    base = flatten(to_dict(TrainConfig()))
+    n_search = int(round(n_trials * search_frac))
+    n_abl = n_trials - n_search
+    methods = list(METHOD_OVERRIDES)
+    abl_method = [methods[i % len(methods)] for i in range(n_abl)]
+    abl_seed = [(i // len(methods)) % seeds for i in range(n_abl)]
+    cols: dict[str, list[object]] = {k: [v] * n_trials for k, v in base.items()}
+    method = abl_method + ["search"] * n_search
+    for i, m in enumerate(abl_method):
+        for k, v in METHOD_OVERRIDES[m].items():
+            cols[k][i] = v
+    quality = np.array([_EFFECT.get(m, 0.0) for m in method]) + rng.normal(0, 0.7, n_trials)
+    if n_search:
+        s = slice(n_abl, n_trials)
+        alpha = rng.uniform(0.1, 2.0, n_search)
+        beta = rng.uniform(0.1, 2.0, n_search)
+        w = rng.uniform(0.001, 0.1, n_search)
+        tau = rng.choice([np.nan, 0.01, 0.05], n_search)
+        policy = rng.choice(["beta", "fixed", "progressive"], n_search)
+        cols["mix.m2.alpha"][s] = alpha.tolist()
+        cols["mix.m2.beta"][s] = beta.tolist()
+        cols["loss.w_m2"][s] = w.tolist()
+        cols["loss.tau"][s] = [None if np.isnan(t) else float(t) for t in tau]
+        cols["mix.m2.policy"][s] = policy.tolist()
+        quality[s] += 2.0 - 1.5 * np.abs(alpha - 0.7) - 0.5 * np.abs(beta - alpha) + 10 * w
+    cols["run.seed"] = abl_seed + rng.integers(0, seeds, n_search).tolist()
+    df = pd.DataFrame(cols)
+    df.insert(0, "sweep", "synthetic")
+    df.insert(1, "trial_id", [f"t{i:05d}" for i in range(n_trials)])
+    df.pop("method")
+    df.insert(2, "method", method)
+    df.insert(3, "seed", df["run.seed"])
+    status = rng.choice(
+        ["completed", "failed", "diverged", "early_stopped"],
+        n_trials,
+        p=[1 - fail_frac, fail_frac / 3, fail_frac / 3, fail_frac / 3],
+    )
+    df["status"] = status
+    df["error"] = np.where(status == "completed", None, "synthetic " + status.astype(object))
+    for k, v in _metrics(rng, quality).items():
+        df[k] = np.where(status == "completed", v, np.nan)
+    df["steps"] = 100
+    df["wall_s"] = rng.uniform(10, 20, n_trials)
+    df["schema_version"] = SCHEMA_VERSION
+    return df
+
+
+def synthetic_history(trials: pd.DataFrame, *, evals: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Validation learning curves (``split='val'``) for every trial: rsum rising to its final value."""
+    rng = np.random.default_rng(seed)
+    n = len(trials)
+    final = pd.to_numeric(trials["rsum"], errors="coerce").fillna(200.0).to_numpy()
+    steps = np.arange(1, evals + 1) * 20
+    frac = 1 - np.exp(-steps / 30.0)
+    rsum = final[:, None] * frac[None, :] + rng.normal(0, 2.0, (n, evals))
+    return pd.DataFrame(
+        {
+            "trial_id": np.repeat(trials["trial_id"].to_numpy(), evals),
+            "step": np.tile(steps, n),
+            "epoch": np.tile(np.arange(1, evals + 1), n),
+            "split": "val",
+            "rsum": rsum.ravel(),
+            "train_loss": np.tile(2.0 / (1 + steps / 20.0), n),
+            "schema_version": SCHEMA_VERSION,
+        }
+    )
