@@ -160,6 +160,8 @@ def start_ray(
     # `sweeps` is a folder of scripts beside the installed `geomix`, not an installed package: ship its code
     # to the trial actors by value so they need neither the driver's working directory nor a sys.path.
     ray.cloudpickle.register_pickle_by_value(importlib.import_module("sweeps"))
+    # a checkpoint per epoch forces experiment snapshots often; that is intended here, not a bottleneck
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
@@ -249,6 +251,11 @@ class TuneHooks:
         else:
             tune.report(dict(self.last))
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def initial_checkpoint(self) -> str | None:
         from ray import tune
 
@@ -298,8 +305,8 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
         run_fn = spec.run_fn or importlib.import_module("geomix.train").run
         summary = dict(run_fn(cfg, hooks=hooks))
         last = hooks.last
-        summary.setdefault("node_ids", ray.get_runtime_context().get_node_id())
-        summary.setdefault("num_workers", 0)
+        summary["node_ids"] = summary.get("node_ids") or ray.get_runtime_context().get_node_id()
+        summary["num_workers"] = 0  # in-process: no Ray Train worker group
     else:
         fit_fn = spec.fit_fn or importlib.import_module("geomix.raytrain").fit
         result = fit_fn(
@@ -325,14 +332,20 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
 # Optuna
 
 
-def optuna_storage(results: str, name: str):
-    """SQLite study ``<results>/optuna.db`` (``results/<name>/optuna.db`` when results is a URI), so
-    ``optuna-dashboard sqlite:///...`` and ``optuna.importance`` read it."""
+def optuna_db(spec: SweepSpec) -> Path:
+    """``<results>/optuna.db``, or ``results/<name>/optuna.db`` when results is a URI (SQLite is a file)."""
+    folder = Path(spec.results) if "://" not in spec.results else Path("results") / spec.name
+    return (folder / "optuna.db").resolve()
+
+
+def optuna_storage(spec: SweepSpec):
+    """The sweep's Optuna study storage (SQLite), so ``optuna-dashboard sqlite:///<db>`` and
+    ``optuna.importance`` read it; study name = sweep name."""
     import optuna
 
-    folder = Path(results) if "://" not in results else Path("results") / name
-    folder.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{(folder / 'optuna.db').resolve()}")
+    db = optuna_db(spec)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")
 
 
 def make_searcher(space: Callable[[Any], dict[str, Any]], spec: SweepSpec, *, seed: int = 0):
@@ -374,7 +387,7 @@ def make_searcher(space: Callable[[Any], dict[str, Any]], spec: SweepSpec, *, se
         mode=SWEEP_MODE,
         sampler=optuna.samplers.TPESampler(seed=seed),
         study_name=spec.name,
-        storage=optuna_storage(spec.results, spec.name),
+        storage=optuna_storage(spec),
     )
 
 
