@@ -352,19 +352,31 @@ def make_searcher(space: Callable[[Any], dict[str, Any]], spec: SweepSpec, *, se
     """``OptunaSearch`` (TPE, define-by-run ``space``) that tells Optuna about ASHA-stopped trials as PRUNED.
 
     Ray 2.60's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE with the partial metric of a trial
-    that ASHA stopped, which biases TPE towards configs that look good early; it also reports
-    intermediate values at ``training_iteration``, which restarts at 1 after a restore. Both are fixed in
-    this subclass (pinned: re-check on a Ray upgrade; tests/test_search.py covers it).
+    that ASHA stopped, which biases TPE towards configs that look good early; it reports intermediate values
+    at ``training_iteration``, which restarts at 1 after a restore; and it saves its state with plain
+    pickle, which cannot hold a define-by-run closure. All three are fixed in this subclass (pinned to
+    Ray 2.60's private ``_ot_trials`` / ``_ot_study`` / ``_completed_trials``: re-check on a Ray upgrade;
+    tests/test_search.py covers it).
     """
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     class PrunedAwareOptunaSearch(OptunaSearch):
+        def save(self, checkpoint_path: str) -> None:
+            # The base class uses plain pickle, which cannot hold a closure as the define-by-run space.
+            import ray.cloudpickle
+
+            with open(checkpoint_path, "wb") as f:
+                ray.cloudpickle.dump(self.__dict__.copy(), f)
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            value = result.get(self.metric)
-            if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+            value, step = result.get(self.metric), int(result.get(TIME_ATTR, 0))
+            last = self.__dict__.setdefault("_last_step", {})
+            if (trial_id in self._completed_trials or value is None or not math.isfinite(value)
+                    or step <= last.get(trial_id, -1)):  # the final report repeats the last epoch
                 return
-            self._ot_trials[trial_id].report(float(value), int(result.get(TIME_ATTR, 0)))
+            last[trial_id] = step
+            self._ot_trials[trial_id].report(float(value), step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             status = trial_status(result, error)

@@ -60,3 +60,130 @@ def two_node_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A stand-in trial for testing the Ray machinery on its own: a real (tiny) torch regression loop that keeps
+# geomix.train.run's hooks contract (report at each epoch with a checkpoint, final report with status and
+# done=True, resume from hooks.initial_checkpoint()). Knobs ride on TrainConfig fields: optim.lr (a huge lr
+# diverges), optim.epochs, data.train_size / 10000 = seconds of sleep per epoch (time to kill things).
+
+
+def standin_run(cfg, *, hooks=None):
+    import math
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    t0 = time.time()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    g = torch.Generator().manual_seed(cfg.run.seed)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    w = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=cfg.optim.lr)
+    start = step = 0
+    ckpt = hooks.initial_checkpoint() if hooks else None
+    if ckpt:
+        state = torch.load(Path(ckpt) / "state.pt")
+        w.data.copy_(state["w"])
+        start, step = state["epoch"], state["step"]
+    status, error, loss = "completed", None, torch.tensor(0.0)
+    for epoch in range(start, cfg.optim.epochs):
+        for _ in range(4):
+            loss = ((x @ w - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            if world > 1:
+                dist.all_reduce(w.grad)
+                w.grad /= world
+            opt.step()
+            step += 1
+        time.sleep(cfg.data.train_size / 10000)
+        if not math.isfinite(loss.item()):
+            status, error = "diverged", f"non-finite loss at step {step}"
+            break
+        ckpt_dir = None
+        if rank == 0 and cfg.run.out_dir:
+            ckpt_dir = Path(cfg.run.out_dir) / f"ckpt-{epoch + 1}"
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"w": w.detach().clone(), "epoch": epoch + 1, "step": step}, ckpt_dir / "state.pt")
+        if hooks and (rank == 0 or getattr(hooks, "all_ranks", False)):
+            metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss.item(), "val_rsum": -loss.item(),
+                       "resumed_from": start}
+            hooks.report(metrics, str(ckpt_dir) if ckpt_dir else None)
+    node = hooks.node_id() if hooks and hasattr(hooks, "node_id") else None
+    nodes = [None] * world
+    if world > 1:
+        dist.all_gather_object(nodes, node)
+    else:
+        nodes = [node]
+    result = {"status": status, "error": error, "steps": step, "wall_s": time.time() - t0, "device": "cpu",
+              "num_workers": world, "node_ids": ",".join(str(n) for n in nodes)}
+    if status == "completed":
+        result.update(test_rsum=-loss.item(), test_r1_i2t=50.0)
+    if hooks and (rank == 0 or getattr(hooks, "all_ranks", False)):
+        hooks.report({"epoch": cfg.optim.epochs if status == "completed" else epoch + 1, "step": step,
+                      "done": True, **result}, None)
+    return result
+
+
+def _standin_worker_loop(config):
+    import dataclasses
+    import tempfile
+
+    import ray
+    import ray.train
+
+    from geomix import config as C
+
+    cfg = C.from_dict(C.TrainConfig, config["cfg"])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=tempfile.mkdtemp()))
+
+    class Hooks:
+        all_ranks = True  # ray.train.report is a barrier: every rank reports
+
+        def report(self, metrics, checkpoint_dir):
+            ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            ray.train.report(metrics, checkpoint=ckpt)
+
+        def initial_checkpoint(self):
+            ckpt = ray.train.get_checkpoint()
+            return ckpt.to_directory() if ckpt else None
+
+        def node_id(self):
+            return ray.get_runtime_context().get_node_id()
+
+    return standin_run(cfg, hooks=Hooks())
+
+
+def standin_fit(cfg, *, num_workers, use_gpu, storage_path, name, callbacks=(), max_failures=0,
+                controller_failure_limit=2):
+    """geomix.raytrain.fit's signature over the stand-in loop: a TorchTrainer (gloo) with N workers."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from geomix import config as C
+
+    trainer = TorchTrainer(
+        _standin_worker_loop,
+        train_loop_config={"cfg": C.to_dict(cfg)},
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=controller_failure_limit),
+        ),
+    )
+    return trainer.fit()
+
+
+@pytest.fixture
+def standin():
+    """The stand-in trial functions, shipped to Ray workers by value (tests/ is not on their sys.path)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return {"run_fn": standin_run, "fit_fn": standin_fit}

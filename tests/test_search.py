@@ -1,0 +1,77 @@
+"""Optuna + ASHA through sweeps/_tune: the search ends (no placement-group deadlock), ASHA stops trials, and
+Optuna records those as PRUNED (not COMPLETE with a partial value); the conditional space."""
+
+from __future__ import annotations
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+pytest.importorskip("ray")
+
+from geomix import results  # noqa: E402
+from sweeps import _tune, search  # noqa: E402
+
+
+def test_space_is_conditional_and_every_sample_validates():
+    settings = search.check_settings({})
+    space = search.make_space(settings)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    spec = _tune.SweepSpec(name="s", base={}, results="unused", storage="unused")
+    seen_off = seen_on = False
+    for _ in range(40):
+        trial = study.ask()
+        cfg = space(trial)
+        ov = cfg["overrides"]
+        for term in search.TERMS:
+            on = trial.params[f"use.{term}"]
+            assert (ov[f"loss.w_{term}"] > 0) == on
+            # a term's weight and λ parameters exist only when the term is on
+            assert (f"loss.w_{term}" in trial.params) == on
+            assert (f"mix.{term}.policy" in trial.params) == on
+            if on and trial.params[f"mix.{term}.policy"] == "beta":
+                assert {f"mix.{term}.alpha", f"mix.{term}.beta"} <= set(trial.params)
+            else:
+                assert f"mix.{term}.alpha" not in trial.params
+            seen_on |= on
+            seen_off |= not on
+        assert ("loss.tau" in trial.params) == (not trial.params["tau.learnable"])
+        _tune.resolve_trial(spec, cfg)  # every sample is a valid TrainConfig
+        study.tell(trial, 0.0)
+    assert seen_on and seen_off
+
+
+def test_bad_search_settings_are_named():
+    with pytest.raises(ValueError, match=r"search\.policies\[1\]"):
+        search.check_settings({"policies": ["beta", "cosine"]})
+    with pytest.raises(ValueError, match="unknown search key"):
+        search.check_settings({"n_samples": 3})
+
+
+@pytest.mark.slow
+def test_asha_optuna_search_finishes_and_prunes(local_ray, standin, tmp_path):
+    """4 trials, 2 at a time, ASHA after every epoch: the sweep must end, some trials must be stopped
+    early, and Optuna must see exactly those as PRUNED."""
+    spec = _tune.SweepSpec(name="asha", base={"optim": {"epochs": 4}, "data": {"train_size": 2000}},
+                           results=str(tmp_path / "res"), storage=str(tmp_path / "ray"),
+                           max_concurrent=2, run_fn=standin["run_fn"])
+
+    def space(trial):  # the stand-in's metric depends on lr: small lr = bad early, so ASHA has work
+        return {"method": "search", "seed": 0,
+                "overrides": {"optim.lr": trial.suggest_float("optim.lr", 1e-4, 0.1, log=True)}}
+
+    _tune.run_sweep(spec, search_alg=_tune.make_searcher(space, spec, seed=0),
+                    scheduler=_tune.make_asha(4, grace_period=1, reduction_factor=2), num_samples=4,
+                    verbose=0)
+    trials, history = results.read_results(spec.results)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    counts = trials["status"].value_counts().to_dict()
+    assert counts.get("early_stopped", 0) >= 1 and counts.get("completed", 0) >= 1, counts
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{_tune.optuna_db(spec)}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == counts["early_stopped"]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == counts["completed"]
+    # intermediate values are keyed by our epoch counter (not Tune's training_iteration)
+    assert all(set(t.intermediate_values) <= {1, 2, 3, 4} for t in study.trials)
+    stopped = trials[trials.status == "early_stopped"]
+    assert (stopped["epoch"] < 4).all()
+    assert set(history["trial_id"]) == set(trials["trial_id"])
