@@ -187,7 +187,8 @@ def _i2t_scan(
     if scale is not None:
         conf = torch.empty(n, dtype=img.dtype, device=img.device)
         hit = torch.empty(n, dtype=torch.bool, device=img.device)
-    step = _block(m)
+    table = None if scale is None else _caption_table(t2i, n)
+    step = _block(m if table is None else max(m, table.numel()))
     for s in range(0, n, step):
         e = min(n, s + step)
         sim = img[s:e] @ txt.T
@@ -197,7 +198,10 @@ def _i2t_scan(
         if scale is not None:
             # Summing over an image's captions keeps the confidence meaningful with 5 captions per image:
             # 5 near-equal good captions would otherwise cap the top-caption probability near 0.2.
-            mass = sim.new_zeros(e - s, n).index_add_(1, t2i, torch.softmax(sim * scale, dim=1))
+            # gather + sum in a fixed order (not index_add_, whose CUDA atomics reorder the sum), so equal
+            # caption sets give bit-equal masses and ties stay ties on every device
+            p = torch.cat([torch.softmax(sim * scale, dim=1), sim.new_zeros(e - s, 1)], dim=1)
+            mass = p[:, table].sum(dim=2)
             rows, cols = torch.arange(e - s, device=img.device), torch.arange(s, e, device=img.device)
             own_mass = mass[rows, cols]
             mass[rows, cols] = -math.inf
@@ -297,6 +301,18 @@ def _zero_shot(
         conf[s:e] = torch.exp(top - torch.logsumexp(logits, dim=1))
     correct = pred == labels
     return {"zs_acc": 100.0 * correct.double().mean().item(), "ece": _ece(conf, correct, n_bins)}
+
+
+def _caption_table(t2i: torch.Tensor, n: int) -> torch.Tensor:
+    """LongTensor [n, max captions per image]: each image's caption indices, padded with m (zero column)."""
+    m = t2i.shape[0]
+    order = torch.argsort(t2i, stable=True)
+    counts = torch.bincount(t2i, minlength=n)
+    starts = torch.cumsum(counts, dim=0) - counts
+    grouped = t2i[order]
+    table = torch.full((n, int(counts.max())), m, dtype=torch.long, device=t2i.device)
+    table[grouped, torch.arange(m, device=t2i.device) - starts[grouped]] = order
+    return table
 
 
 def _first_caption(t2i: torch.Tensor, n: int) -> torch.Tensor:

@@ -361,15 +361,21 @@ def test_retrieval_ece_sums_probability_over_an_images_captions():
     img = _unit(_randn(20, 32, seed=21))
     t2i = torch.arange(20).repeat(5)
     assert M.evaluate_embeddings(img, img[t2i], t2i)["ece"] == pytest.approx(0.0, abs=1e-6)
-    # independent reference on a noisy multi-caption set
-    img, txt, t2i = _multi_caption_set(15, 3, 8, noise=1.0, seed=22)
-    p = torch.softmax(10.0 * (_unit(img) @ _unit(txt).T), dim=1)
-    mass = torch.stack([p[:, t2i == g].sum(dim=1) for g in range(15)], dim=1)
-    conf, pred = mass.max(dim=1)
-    correct = pred == torch.arange(15)
-    assert 0 < correct.sum() < 15  # non-trivial
-    ref = _ref_ece_conf(conf, correct, 15)
-    assert M.evaluate_embeddings(img, txt, t2i, scale=10.0)["ece"] == pytest.approx(ref, abs=1e-9)
+    # independent reference on noisy sets with equal and with uneven caption counts (1 to 6 per image)
+    equal = _multi_caption_set(15, 3, 8, noise=1.0, seed=22)
+    uneven = torch.tensor([0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5])
+    uneven = uneven[torch.randperm(21, generator=torch.Generator().manual_seed(23))]
+    img_u = _unit(_randn(6, 8, seed=24))
+    txt_u = _unit(img_u[uneven] + _randn(21, 8, seed=25))
+    for img, txt, t2i in (equal, (img_u, txt_u, uneven)):
+        n = img.shape[0]
+        p = torch.softmax(10.0 * (_unit(img) @ _unit(txt).T), dim=1)
+        mass = torch.stack([p[:, t2i == g].sum(dim=1) for g in range(n)], dim=1)
+        conf, pred = mass.max(dim=1)
+        correct = pred == torch.arange(n)
+        assert 0 < correct.sum() < n  # non-trivial
+        ref = _ref_ece_conf(conf, correct, 15)
+        assert M.evaluate_embeddings(img, txt, t2i, scale=10.0)["ece"] == pytest.approx(ref, abs=1e-9)
 
 
 def test_evaluate_embeddings_collapsed_ece_and_class_metrics():
@@ -379,11 +385,23 @@ def test_evaluate_embeddings_collapsed_ece_and_class_metrics():
     out = M.evaluate_embeddings(img, img.clone())
     # all captions tie: no R@1 hit (pessimistic) and confidence 1/n -> ECE = |0 - 0.1| = 10 %
     assert out["r1_i2t"] == 0.0 and out["ece"] == pytest.approx(100.0 / n, abs=1e-4)
+    # same with 5 captions per image: the per-image masses tie exactly, so no image counts as correct
+    t2i = torch.arange(n).repeat(5)
+    multi = M.evaluate_embeddings(img, img[t2i], t2i)
+    assert multi["r10_i2t"] == 0.0 and multi["ece"] == pytest.approx(100.0 / n, abs=1e-4)
     img2, txt2 = _randn(8, 4, seed=17), _randn(8, 4, seed=18)
     class_txt, labels = torch.eye(4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     with_cls = M.evaluate_embeddings(img2, txt2, scale=20.0, class_txt=class_txt, labels=labels)
     zs = M.zero_shot(img2, class_txt, labels, scale=20.0)
     assert with_cls["zs_acc"] == zs["zs_acc"] and with_cls["ece"] == zs["ece"]
+
+
+def test_inputs_that_require_grad_are_fine():
+    img = _randn(10, 4, seed=26).requires_grad_()
+    txt = _randn(10, 4, seed=27).requires_grad_()
+    out = M.evaluate_embeddings(img, txt)
+    assert out == M.evaluate_embeddings(img.detach(), txt.detach()) | {"zs_acc": out["zs_acc"]}
+    assert img.grad is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
