@@ -68,7 +68,8 @@ TERMS = {"m2": "m²", "v": "V", "l": "L", "vl": "VL"}
 POLICY_NAMES = {"beta": "random (Beta)", "fixed": "fixed", "progressive": "progressive", "history": "history"}
 CONFIG_PREFIXES = ("data.", "model.", "loss.", "mix.", "optim.")
 OK = "completed"
-MAX_LEVELS = 8  # a continuous hyper-parameter is binned into this many quantile bins
+MAX_LEVELS = 6  # a continuous hyper-parameter is binned into this many quantile bins
+_PREPARED = "geomix_prepared"
 
 
 def decimals(metric: str) -> int:
@@ -123,8 +124,12 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     """A copy with the columns every table relies on: ``method``, ``seed``, ``status``, ``dataset``.
 
     Metrics written as ``test_<m>`` get their plain name; a missing ``status`` counts as completed (old
-    hand-written files), a null one as ``unknown`` (excluded and counted).
+    hand-written files), a null one as ``unknown`` (excluded and counted). A frame this function returned
+    is passed through as it is (the table builders never modify their input), so :func:`build_tables`
+    prepares once for all tables.
     """
+    if trials.attrs.get(_PREPARED) and {"method", "seed", "status", "dataset"} <= set(trials.columns):
+        return trials
     df = trials.copy()
     for m in METRIC_COLUMNS:
         if m not in df.columns and f"test_{m}" in df.columns:
@@ -136,6 +141,7 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
         df["seed"] = df["run.seed"] if "run.seed" in df.columns else np.nan
     df["status"] = df["status"].fillna("unknown").astype(str) if "status" in df.columns else OK
     df["dataset"] = dataset_names(df)
+    df.attrs[_PREPARED] = True
     return df
 
 
@@ -143,8 +149,10 @@ def _metrics_present(df: pd.DataFrame, metrics: Iterable[str]) -> list[str]:
     return [m for m in metrics if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
-def _numeric(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
-    out = df.copy()
+def _numeric(df: pd.DataFrame, cols: Sequence[str], keep: Iterable[str] = ()) -> pd.DataFrame:
+    """The bookkeeping columns, ``keep`` and ``cols`` (as numbers) of ``df``: a small copy, fast to group."""
+    base = ["dataset", "method", "seed", "status", *[c for c in keep if c in df.columns]]
+    out = df[[*base, *[c for c in cols if c not in base]]].copy()
     for c in cols:
         out[c] = pd.to_numeric(out[c], errors="coerce")
     return out
@@ -192,22 +200,16 @@ def _cells(
 ) -> tuple[list[str], list[bool], list[float]]:
     """Display strings, best flags (per group of rows) and means for one metric column."""
     dec = decimals(metric)
+    keys = pd.MultiIndex.from_tuples(index) if len(index[0]) > 1 else pd.Index([k[0] for k in index])
+    mean = stats[(metric, "mean")].reindex(keys).to_numpy(dtype=float)
+    std = stats[(metric, "std")].reindex(keys).to_numpy(dtype=float)
+    count = stats[(metric, "count")].reindex(keys).fillna(0).to_numpy(dtype=int)
+    n_seeds = seeds.reindex(keys).fillna(0).to_numpy(dtype=int)
     means, texts = [], []
-    for key in index:
-        k = key if len(key) > 1 else key[0]
-        if k in stats.index:
-            row = stats.loc[k, metric]
-            mean, std, count = row["mean"], row["std"], row["count"]
-            n_seeds = int(seeds.loc[k])
-        else:
-            mean, std, count, n_seeds = math.nan, math.nan, 0, 0
-        count = int(count)
-        mean = float(mean) if count else math.nan
-        means.append(mean)
-        text = DASH if not count else f"{fmt_num(mean, dec)} ± {fmt_num(float(std), dec)}"
-        if count and count < n_seeds:
-            text += f" (n={count})"
-        texts.append(text)
+    for mu, sd, c, ns in zip(mean, std, count, n_seeds):
+        means.append(float(mu) if c else math.nan)
+        text = DASH if not c else f"{fmt_num(float(mu), dec)} ± {fmt_num(float(sd), dec)}"
+        texts.append(text + (f" (n={c})" if c and c < ns else ""))
     best = _best_flags(means, metric, groups)
     return texts, best, means
 
@@ -335,7 +337,8 @@ def table_quality(trials: pd.DataFrame, metrics: dict[str, str] | None = None) -
     present = _metrics_present(df, metrics)
     if df.empty or not present:
         return None
-    df = _numeric(df, present)
+    components = [*(f"loss.w_{t}" for t in TERMS), "mix.geometry", "loss.kind", "loss.tau"]
+    df = _numeric(df, present, keep=components)
     ok = df[df["status"] == OK]
     datasets = sorted(df["dataset"].unique())
     methods = method_order(df["method"].unique())
@@ -517,46 +520,32 @@ def table_tau(trials: pd.DataFrame, metric: str = "rsum") -> Table | None:
     )
 
 
+def _combo_label(kind: str, on: tuple[bool, ...], policies: tuple[str, ...]) -> tuple[str, str]:
+    """(λ policy, mixing level) of one configuration: input-level kind, or the active embedding terms."""
+    if kind in ("imix", "unmix"):
+        return POLICY_NAMES["beta"], "input: " + {"imix": "i-Mix", "unmix": "Un-Mix"}[kind]
+    names = [name for name, active in zip(TERMS.values(), on) if active]
+    if not names:
+        return "no mix", "none"
+    used = sorted({p for p, active in zip(policies, on) if active})
+    policy = POLICY_NAMES.get(used[0], used[0]) if len(used) == 1 else "mixed (" + "/".join(used) + ")"
+    return policy, "feature: " + "+".join(names)
+
+
 def _policy_and_level(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Per trial: the λ policy of its active mix terms and the mixing level (which terms / input mix)."""
-    kind = (
-        df["loss.kind"].fillna("contrastive")
-        if "loss.kind" in df.columns
-        else pd.Series("contrastive", index=df.index)
-    )
-    active = {
-        t: pd.to_numeric(df[f"loss.w_{t}"], errors="coerce").fillna(0) > 0
-        if f"loss.w_{t}" in df.columns
-        else pd.Series(False, index=df.index)
-        for t in TERMS
-    }
-    level = pd.Series("none", index=df.index, dtype=object)
-    policy = pd.Series("no mix", index=df.index, dtype=object)
-    terms = pd.Series("", index=df.index, dtype=object)
-    pols = pd.Series("", index=df.index, dtype=object)
-    for t, name in TERMS.items():
-        on = active[t]
-        terms = terms.where(~on, terms + "+" + name)
-        p_col = f"mix.{t}.policy"
-        p = df[p_col].fillna("beta").astype(str) if p_col in df.columns else pd.Series("beta", index=df.index)
-        pols = pols.where(~on, pols + "," + p)
-    feat = terms != ""
-    level[feat] = "feature: " + terms[feat].str.lstrip("+")
-    policy[feat] = (
-        pols[feat]
-        .str.lstrip(",")
-        .map(
-            lambda s: (
-                POLICY_NAMES.get(s.split(",")[0], s.split(",")[0])
-                if len(set(s.split(","))) == 1
-                else "mixed (" + "/".join(sorted(set(s.split(",")))) + ")"
-            )
-        )
-    )
-    for k, name in (("imix", "input: i-Mix"), ("unmix", "input: Un-Mix")):
-        sel = kind == k
-        level[sel] = name
-        policy[sel] = POLICY_NAMES["beta"]
+    keys = pd.DataFrame(index=df.index)
+    keys["kind"] = df["loss.kind"].fillna("contrastive").astype(str) if "loss.kind" in df else "contrastive"
+    for t in TERMS:
+        w = f"loss.w_{t}"
+        keys[f"on_{t}"] = pd.to_numeric(df[w], errors="coerce").fillna(0) > 0 if w in df else False
+        p = f"mix.{t}.policy"
+        keys[f"p_{t}"] = df[p].fillna("beta").astype(str) if p in df else "beta"
+    # Label each distinct configuration once (a search has few), then broadcast back to the trials.
+    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+    labels = [_combo_label(u[0], tuple(u[1::2]), tuple(u[2::2])) for u in uniques]
+    policy = pd.Series([labels[c][0] for c in codes], index=df.index, dtype=object)
+    level = pd.Series([labels[c][1] for c in codes], index=df.index, dtype=object)
     return policy, level
 
 
@@ -664,9 +653,7 @@ def _studies_from_db(folder: str, sweeps: list[str]) -> list[tuple[str, object]]
     return [(n, optuna.load_study(study_name=n, storage=storage)) for n in chosen]
 
 
-def table_param_importance(
-    trials: pd.DataFrame, metric: str = "rsum", max_trials: int = 2000
-) -> Table | None:
+def table_param_importance(trials: pd.DataFrame, metric: str = "rsum", max_trials: int = 500) -> Table | None:
     """Optuna parameter importances of each search.
 
     A study is read from ``optuna.db`` (sqlite) in a ``results_dir`` of the trials, study name = the
@@ -855,6 +842,7 @@ def build_tables(trials: pd.DataFrame, *, metric: str = "rsum", top_k: int = 10)
     """Every table the data supports, in the paper's order (tables without data are left out)."""
     if metric not in METRIC_COLUMNS and metric not in trials.columns:
         raise ValueError(f"metric={metric!r} is invalid: allowed one of {', '.join(METRIC_COLUMNS)}")
+    trials = prepare(trials)
     tables: list[Table | None] = [table_retrieval(trials), table_quality(trials)]
     tables += table_beta_grid(trials, metric)
     tables += [table_tau(trials, metric), table_policy_level(trials, metric)]
