@@ -1,0 +1,107 @@
+"""Sweeps end to end: config validation before Ray, Parquet rows per trial with statuses, Ray Train trials
+spread over nodes, resources and concurrency."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+from geomix import results  # noqa: E402
+from sweeps import _tune, ablation, search  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "named"),
+    [
+        (ablation, ["optim.lr=-1"], "optim.lr"),
+        (ablation, ["loss.w_vl=oops"], "loss.w_vl"),
+        (ablation, ["--methods", "ft,nope"], "nope"),
+        (ablation, ["--seeds", "a,b"], "--seeds"),
+        (ablation, ["mix.geometry=hyperbolic"], "mix.geometry"),
+        (search, ["--num-samples", "0"], "search.num_samples"),
+        (search, ["data.train_size=1"], "data.train_size"),
+    ],
+)
+def test_bad_config_fails_before_ray_starts(script, argv, named, tmp_path):
+    import ray
+
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        script.main([*argv, "--results", str(tmp_path / "r")])
+    assert not ray.is_initialized()
+    assert not (tmp_path / "r").exists()  # nothing written either
+
+
+def test_bad_method_row_in_yaml_is_named(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("name: t\nmethods:\n  ft: {}\n  m2_mix: {loss.w_m2: 0.1, loss.kind: imix}\n")
+    with pytest.raises(ValueError, match=r"method 'm2_mix': loss\.kind"):
+        ablation.main(["--config", str(cfg), "--results", str(tmp_path / "r")])
+    cfg.write_text("name: t\nmethod: {}\n")
+    with pytest.raises(ValueError, match="unknown sweep key.*method"):
+        ablation.main(["--config", str(cfg), "--results", str(tmp_path / "r")])
+
+
+def test_resources_and_concurrency_fit_the_cluster():
+    two_cpus = {"CPU": 2.0, _tune.TRIAL_SLOT: 1000.0}
+    assert _tune.trial_resources(0, 0.0, two_cpus) == {"CPU": 1.0}
+    # a Ray Train trial holds only the slot: 2 workers x 1 CPU must fit on 2 CPUs beside it
+    assert _tune.trial_resources(2, 0.0, two_cpus) == {"CPU": 0.0, _tune.TRIAL_SLOT: 1.0}
+    assert _tune.trial_resources(2, 0.0, {"CPU": 8.0}) == {"CPU": 0.01}
+    assert _tune.max_concurrent_trials(0, 0.0, two_cpus) == 2
+    assert _tune.max_concurrent_trials(2, 0.0, two_cpus) == 1
+    assert _tune.max_concurrent_trials(3, 0.0, two_cpus) == 1
+    assert _tune.max_concurrent_trials(2, 1.0, {"CPU": 32.0, "GPU": 8.0}) == 4
+    assert _tune.max_concurrent_trials(2, 0.0, two_cpus, requested=3) == 3  # user's call, with a warning
+
+
+@pytest.mark.slow
+def test_grid_sweep_writes_one_row_per_trial_with_statuses(local_ray, standin, tmp_path):
+    """methods x seeds in process; one method diverges (recorded as such) and the sweep goes on."""
+    spec = _tune.SweepSpec(
+        name="grid", base={"optim": {"epochs": 2}, "data": {"train_size": 100}},
+        results=str(tmp_path / "res"), storage=str(tmp_path / "ray"),
+        methods={"ft": {"optim.lr": 0.01}, "m3_mix": {"optim.lr": 1e30}}, run_fn=standin["run_fn"],
+    )
+    from ray import tune
+
+    _tune.run_sweep(spec, param_space={"method": tune.grid_search(["ft", "m3_mix"]),
+                                       "seed": tune.grid_search([0, 1])}, verbose=0)
+    trials, history = results.read_results(spec.results)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    pairs = sorted(zip(trials["method"], trials["seed"]))
+    assert pairs == [("ft", 0), ("ft", 1), ("m3_mix", 0), ("m3_mix", 1)]
+    by_method = trials.groupby("method")["status"].agg(set).to_dict()
+    assert by_method == {"ft": {"completed"}, "m3_mix": {"diverged"}}
+    diverged = trials[trials.method == "m3_mix"]
+    assert diverged["error"].str.contains("non-finite").all()
+    ok = trials[trials.method == "ft"]
+    assert ok["rsum"].notna().all() and (ok["optim.lr"] == 0.01).all()
+    assert (ok["run.seed"] == ok["seed"]).all()
+    assert ok["node_ids"].notna().all() and (ok["num_workers"] == 0).all()
+    for col in ("version.ray", "version.torch", "git_commit", "sweep", "wall_s"):
+        assert col in trials.columns
+    assert set(history["split"]) == {"val", "test"}
+    assert len(history[(history.split == "val") & history.trial_id.isin(ok.trial_id)]) == 4  # 2 epochs x 2
+
+
+@pytest.mark.slow
+def test_ray_train_trial_spreads_two_workers_over_two_nodes(two_node_cluster, standin, tmp_path):
+    """A 2-worker Ray Train trial on a head with no CPUs + two 1-CPU nodes: the trial actor holds only the
+    slot resource, the workers land on both nodes, and both node ids are recorded."""
+    import ray
+
+    spec = _tune.SweepSpec(
+        name="nodes", base={"optim": {"epochs": 2}, "data": {"train_size": 10}},
+        results=str(tmp_path / "res"), storage=str(tmp_path / "ray"), methods={"ft": {}},
+        num_workers=2, fit_fn=standin["fit_fn"],
+    )
+    _tune.run_sweep(spec, param_space={"method": "ft", "seed": 0}, verbose=0)
+    trials, history = results.read_results(spec.results)
+    assert len(trials) == 1
+    row = trials.iloc[0]
+    assert row["status"] == "completed" and row["num_workers"] == 2
+    worker_nodes = row["node_ids"].split(",")
+    cpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Resources"].get("CPU", 0) > 0}
+    assert len(worker_nodes) == 2 and set(worker_nodes) == cpu_nodes
+    assert len(history[history.split == "val"]) == 2
