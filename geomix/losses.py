@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from geomix.config import MIX_GEOMETRIES, check_choice, check_range
+from geomix.config import LOSS_KINDS, MIX_GEOMETRIES, LossConfig, MixConfig, check_choice, check_range
+from geomix.mixing import HistoryPartner, build_lambda_policy, build_partner_policy
 from geomix.sphere import check_features, check_lam, geodesic_mix, linear_mix
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ __all__ = [
     "unmix_loss",
     "mix_inputs",
     "InputMixBatch",
+    "MixLoss",
+    "InputMixLoss",
 ]
 
 Scale = float | torch.Tensor
@@ -568,3 +572,386 @@ def unmix_loss(
     with _fp32_context(img.device):
         clean, mixed = _unmix_share(i, mixed_img.float(), t, lam, s, None, perm.to(i.device))
         return clean + mixed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _dist_ready(world_size: int) -> bool:
+    if world_size <= 1:
+        return False
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(
+            f"world_size={world_size} but torch.distributed is not initialised: call "
+            "torch.distributed.init_process_group first, or pass world_size=1"
+        )
+    return True
+
+
+def _gather(x: torch.Tensor, rank: int, world_size: int, *, differentiable: bool) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0 (every rank must pass the same shape).
+
+    ``differentiable``: through ``torch.distributed.nn``'s all_gather, whose backward sums each rank's
+    gradient for a slice back onto the rank that owns it (needed when a rank's rows touch other ranks'
+    features, as in ``local_loss``). Otherwise a plain all_gather with this rank's own tensor put back in
+    place, as open_clip's ``gather_features``: every rank computes the whole loss, so the gradient that
+    reaches the local slice is already the full-batch one.
+    """
+    if differentiable:
+        import torch.distributed.nn.functional as dnnf  # noqa: PLC0415 - only under torch.distributed
+
+        return torch.cat(dnnf.all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world_size)]
+    torch.distributed.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts, dim=0)
+
+
+def _replicated_scale(s: Scale, world_size: int) -> Scale:
+    """The scale with its gradient divided by ``world_size`` (value unchanged).
+
+    When every rank computes the full gathered loss, each would otherwise hand the replicated scale the
+    full-batch gradient, while the encoders' local slices get only their own share; dividing keeps the
+    rule "per-rank gradients sum to the one-process gradient" true for every parameter.
+    """
+    if isinstance(s, torch.Tensor) and s.requires_grad:
+        return s.detach() + (s - s.detach()) / world_size
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# modules
+
+
+_MIX_TERMS = ("m2", "v", "l", "vl")
+
+
+class MixLoss(nn.Module):
+    """``L = L_clip + decay(epoch)·(w_m2·L_m2 + w_v·L_V + w_l·L_L + w_vl·L_VL)`` (``kind='contrastive'``).
+
+    Holds the configuration, one λ policy per active term (``mix.<term>``), the partner policy
+    (``mix.partner``, one ``π`` per step shared by V, L and VL), and its own ``torch.Generator`` seeded with
+    ``generator_seed``: the same seed gives bit-identical λ and partners. Each step draws, in order, the
+    partners (if V/L/VL is active) then λ for m2, v, l, vl (active terms only).
+
+    Distributed: with ``world_size > 1`` (``torch.distributed`` initialised) the local features are
+    gathered first and λ/π are drawn for the *global* batch, so every rank must use the same
+    ``generator_seed`` and the same local batch size. ``loss.local_loss=False``: every rank computes the
+    full gathered loss (open_clip style). ``loss.local_loss=True``: each rank computes only its own rows
+    (``n_local × n`` logits, labels offset by ``rank·n_local``) through a differentiable gather, and the
+    logged values are all-reduced. Either way the returned value equals the one-process full-batch loss,
+    and the per-rank gradients *sum* to the one-process gradient (the local feature slice gets exactly its
+    full-batch gradient rows, like open_clip). Under DDP's gradient averaging the parameters therefore get
+    ``1/world_size`` of the one-process gradient, uniformly; multiply the loss by ``world_size`` before
+    ``backward`` if the exact one-process gradient matters (e.g. for a gradient-norm clip).
+
+    Args:
+        loss_cfg: weights, decay, ``tau`` (fixed ``τ``: ``scale = 1/τ``, the ``scale`` argument is ignored),
+            ``m2_tau`` (the m² term's own fixed scale ``1/m2_tau``), ``local_loss``.
+        mix_cfg: geometry, partner policy and per-term λ policies.
+        rank, world_size: this process's place in the data-parallel group.
+        generator_seed: seeds λ and partner draws (and the fixed projections of ``progressive``).
+    """
+
+    def __init__(
+        self,
+        loss_cfg: LossConfig,
+        mix_cfg: MixConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        generator_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        loss_cfg.validate("loss")
+        mix_cfg.validate("mix")
+        if loss_cfg.kind != "contrastive":
+            raise ValueError(
+                f"loss.kind={loss_cfg.kind!r} is invalid for MixLoss: allowed 'contrastive' "
+                "(use InputMixLoss for 'imix' and 'unmix')"
+            )
+        check_range("world_size", world_size, 1, None)
+        check_range("rank", rank, 0, world_size - 1)
+        self.loss_cfg, self.mix_cfg = loss_cfg, mix_cfg
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.weights = {t: float(getattr(loss_cfg, f"w_{t}")) for t in _MIX_TERMS}
+        self.active = tuple(t for t in _MIX_TERMS if self.weights[t] > 0)
+        self._mix = _mixer(mix_cfg.geometry)
+        self.generator = torch.Generator().manual_seed(int(generator_seed))
+        self.policies = {
+            t: build_lambda_policy(getattr(mix_cfg, t), seed=int(generator_seed) + k + 1, prefix=f"mix.{t}")
+            for k, t in enumerate(_MIX_TERMS)
+            if t in self.active
+        }
+        self.partner = build_partner_policy(mix_cfg.partner)
+        self.fixed_scale = None if loss_cfg.tau is None else 1.0 / loss_cfg.tau
+        self.m2_scale = None if loss_cfg.m2_tau is None else 1.0 / loss_cfg.m2_tau
+
+    def decay(self, epoch: int) -> float:
+        """The factor on all mix terms: 1 (``constant``) or ``1/(epoch+1)`` (``inverse_epoch``, 0-based)."""
+        return 1.0 if self.loss_cfg.decay == "constant" else 1.0 / (epoch + 1)
+
+    def _partners(self, n: int, device: torch.device) -> _Partners:
+        if isinstance(self.partner, HistoryPartner):
+            mem = self.partner.memory(n, device)
+            if mem is not None:
+                return _Partners(hist=mem)
+            perm = self.partner.fallback(n, self.generator)
+        else:
+            perm = self.partner(n, self.generator)
+        perm = perm.to(device)
+        return _Partners(perm=perm, inv=_inverse(perm))
+
+    def _scale(self, scale: Scale | None, device: torch.device) -> Scale:
+        if self.fixed_scale is not None:
+            return self.fixed_scale
+        if scale is None:
+            raise ValueError(
+                "scale=None is invalid: allowed a positive float or 0-d tensor (loss.tau is None)"
+            )
+        _check_scale(scale, check=False)
+        if not isinstance(scale, torch.Tensor):
+            check_range("scale", scale, 0.0, None, lo_open=True)
+        return _f32(scale, device)
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        scale: Scale | None = None,
+        *,
+        epoch: int,
+        step: int,
+        total_steps: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step's loss.
+
+        Args:
+            img, txt: this rank's normalised features ``[n_local, d]`` (any float dtype; math in float32).
+            scale: the logit scale ``1/τ`` (0-d tensor, may require grad); ignored when ``loss.tau`` is set.
+            epoch: 0-based epoch (for the decay). step: 0-based optimisation step. total_steps: ``N``.
+
+        Returns:
+            ``(total, terms)``: ``total`` a 0-d float32 tensor to backpropagate; ``terms`` detached 0-d
+            tensors: ``clip`` and each active term's value (unweighted, full batch), ``lam_<term>`` the λ
+            used, and the policy's extra statistics as ``lam_<term>_<stat>`` (progressive: ``base``, ``q``,
+            ``d_a``, ``d_b``; history: ``draw``).
+
+        Raises:
+            ValueError: bad shapes, ``n < 2``, bad ``scale``/``epoch``/``step``/``total_steps``.
+            NonFiniteLossError: a term is NaN/Inf (named, with the step).
+        """
+        n_local = _check_batch_shapes(img, txt)
+        check_range("epoch", epoch, 0, None)
+        check_range("step", step, 0, None)
+        check_range("total_steps", total_steps, 1, None)
+        distributed = _dist_ready(self.world_size)
+        local = distributed and self.loss_cfg.local_loss
+        n = n_local * (self.world_size if distributed else 1)
+        if n < 2:
+            raise ValueError(
+                f"batch size n={n} is invalid: allowed n >= 2 (a contrastive loss needs negatives)"
+            )
+        device = img.device
+        with _fp32_context(device):
+            i, t = img.float(), txt.float()
+            s = self._scale(scale, device)
+            if distributed:
+                i = _gather(i, self.rank, self.world_size, differentiable=local)
+                t = _gather(t, self.rank, self.world_size, differentiable=local)
+                if not local:
+                    s = _replicated_scale(s, self.world_size)
+            rows = (self.rank * n_local, (self.rank + 1) * n_local) if local else None
+            shares, observations = self._shares(i, t, s, rows, step, total_steps)
+            decay = self.decay(epoch)
+            total = shares["clip"] + decay * sum(self.weights[k] * shares[k] for k in self.active)
+            values = {k: v.detach() for k, v in shares.items()}
+            if local:
+                stacked = torch.stack(list(values.values()))
+                torch.distributed.all_reduce(stacked)
+                values = dict(zip(values, stacked.unbind(0)))
+                full = values["clip"] + decay * sum(self.weights[k] * values[k] for k in self.active)
+                total = total + (full - total.detach())  # full-batch value, this rank's gradient share
+            self._check_finite(total, values, step)
+            for name, (mixed, a, b) in observations.items():
+                self.policies[name].observe(mixed.detach(), a.detach(), b.detach())
+            if isinstance(self.partner, HistoryPartner) and self.active:
+                self.partner.remember(i.detach(), t.detach())
+        terms: dict[str, torch.Tensor] = dict(values)
+        for name in self.active:
+            for key, v in self.policies[name].stats().items():
+                label = f"lam_{name}" if key == "lam" else f"lam_{name}_{key.removeprefix('lam_')}"
+                terms[label] = torch.tensor(float(v), dtype=torch.float32)
+        return total, terms
+
+    def _shares(self, i, t, s, rows, step, total_steps):
+        shares = {"clip": _clip_share(i, t, s, rows)}
+        observations: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        part = self._partners(i.shape[0], i.device) if set(self.active) - {"m2"} else None
+        for name in self.active:
+            policy = self.policies[name]
+            lam = policy.sample(self.generator, step=step, total_steps=total_steps)
+            if name == "m2":
+                s_m = s if self.m2_scale is None else self.m2_scale
+                shares[name], mixed = _m2_share(i, t, lam, s_m, rows, self._mix)
+                obs = (mixed, i, t)
+            elif name == "v":
+                shares[name], mixed, partner = _uni_share(i, t, lam, s, rows, self._mix, part, 0)
+                obs = (mixed, i, partner)
+            elif name == "l":
+                shares[name], mixed, partner = _uni_share(t, i, lam, s, rows, self._mix, part, 1)
+                obs = (mixed, t, partner)
+            else:
+                shares[name], mixed, partner = _vl_share(i, t, lam, s, rows, self._mix, part)
+                obs = (mixed, torch.cat([i, t]), partner)
+            if policy.needs_observation:
+                observations[name] = obs
+        return shares, observations
+
+    @staticmethod
+    def _check_finite(total: torch.Tensor, values: dict[str, torch.Tensor], step: int) -> None:
+        if bool(torch.isfinite(total.detach())):
+            return
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+        for name, v in values.items():
+            if not bool(torch.isfinite(v)):
+                raise NonFiniteLossError(name, step, detail)
+        raise NonFiniteLossError("total", step, detail)
+
+    # Resume: generator, λ-policy and partner state travel inside the module's state_dict.
+    def get_extra_state(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "policies": {k: p.state_dict() for k, p in self.policies.items()},
+            "partner": self.partner.state_dict(),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        missing = set(self.policies) ^ set(state["policies"])
+        if missing:
+            raise ValueError(
+                f"state policies={sorted(state['policies'])} is invalid: allowed the active terms "
+                f"{sorted(self.policies)} of this MixLoss"
+            )
+        for k, p in self.policies.items():
+            p.load_state_dict(state["policies"][k])
+        self.partner.load_state_dict(state["partner"])
+
+
+def _check_batch_shapes(img: torch.Tensor, txt: torch.Tensor) -> int:
+    check_features("img", img, finite=False)
+    check_features("txt", txt, finite=False)
+    if img.shape != txt.shape:
+        raise ValueError(
+            f"txt.shape={tuple(txt.shape)} is invalid: allowed the shape of img, {tuple(img.shape)}"
+        )
+    return img.shape[0]
+
+
+class InputMixLoss(nn.Module):
+    """The input-level baselines (``loss.kind`` ``'imix'`` or ``'unmix'``) as a module.
+
+    :meth:`mix` mixes a pixel batch with the module's own seeded generator (:func:`mix_inputs`);
+    :meth:`forward` takes the encoded features and returns ``(total, terms)`` like :class:`MixLoss`.
+    Under ``torch.distributed`` each rank mixes its own pixels (partners stay within a rank); the
+    features, ``λ`` and ``π`` (offset by rank) are gathered and the loss is the one-process loss of the
+    concatenated batch, with the same gradient rule as :class:`MixLoss` (gathered mode only).
+
+    Args:
+        loss_cfg: ``kind`` (``imix``/``unmix``), ``input_alpha``, ``tau`` (fixed scale, as MixLoss).
+        rank, world_size: data-parallel place. generator_seed: seeds the pixel mixing; ``rank`` is added so
+            that ranks mix differently.
+    """
+
+    def __init__(
+        self, loss_cfg: LossConfig, *, rank: int = 0, world_size: int = 1, generator_seed: int = 0
+    ) -> None:
+        super().__init__()
+        loss_cfg.validate("loss")
+        if loss_cfg.kind not in ("imix", "unmix"):
+            raise ValueError(
+                f"loss.kind={loss_cfg.kind!r} is invalid for InputMixLoss: allowed 'imix', 'unmix' "
+                f"(one of {LOSS_KINDS}; use MixLoss for 'contrastive')"
+            )
+        check_range("world_size", world_size, 1, None)
+        check_range("rank", rank, 0, world_size - 1)
+        self.loss_cfg = loss_cfg
+        self.kind = loss_cfg.kind
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.generator = torch.Generator().manual_seed(int(generator_seed) + self.rank)
+        self.fixed_scale = None if loss_cfg.tau is None else 1.0 / loss_cfg.tau
+
+    def mix(self, pixels: torch.Tensor) -> InputMixBatch:
+        """Mixed pixels, ``λ`` ``[n]`` and ``π`` for this step (draws from the module's generator)."""
+        return mix_inputs(pixels, self.generator, kind=self.kind, alpha=self.loss_cfg.input_alpha)
+
+    def forward(
+        self,
+        img: torch.Tensor | None,
+        mixed_img: torch.Tensor,
+        txt: torch.Tensor,
+        batch: InputMixBatch,
+        scale: Scale | None = None,
+        *,
+        step: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss on encoded features.
+
+        Args:
+            img: ``[n, d]`` clean image features (Un-Mix; ignored and may be None for i-Mix).
+            mixed_img: ``[n, d]`` features of ``batch.pixels``. txt: ``[n, d]`` text features.
+            batch: what :meth:`mix` returned for these pixels. scale: as :class:`MixLoss`.
+            step: for the error message of a non-finite loss.
+
+        Returns:
+            ``(total, terms)``: i-Mix ``{'imix', 'lam_imix'}``; Un-Mix ``{'clip', 'unmix', 'lam_unmix'}``
+            (``unmix`` is the mixed part; ``lam_*`` is the mean λ of the batch).
+        """
+        n_local = _check_batch_shapes(mixed_img, txt)
+        if self.kind == "unmix":
+            if img is None:
+                raise ValueError(
+                    "img=None is invalid for loss.kind='unmix': allowed the clean image features"
+                )
+            _check_batch_shapes(img, txt)
+        lam, perm = batch.lam.to(mixed_img.device), batch.perm.to(mixed_img.device)
+        check_lam(lam, n_local, check=False)
+        _check_perm(perm, n_local, check=False)
+        distributed = _dist_ready(self.world_size)
+        device = mixed_img.device
+        with _fp32_context(device):
+            s = _f32(self.fixed_scale, device) if self.fixed_scale is not None else None
+            if s is None:
+                if scale is None:
+                    raise ValueError("scale=None is invalid: allowed a positive float or 0-d tensor")
+                _check_scale(scale, check=False)
+                s = _f32(scale, device)
+            im, t = mixed_img.float(), txt.float()
+            i = img.float() if img is not None and self.kind == "unmix" else None
+            lam = lam.float()
+            if distributed:
+                im, t, lam = (self._gather(x) for x in (im, t, lam))
+                i = self._gather(i) if i is not None else None
+                perm = self._gather(perm + self.rank * n_local)
+                s = _replicated_scale(s, self.world_size)
+            if self.kind == "imix":
+                total = _soft_pair_share(im, t, lam, s, None, perm, _inverse(perm))
+                values = {"imix": total.detach()}
+            else:
+                clean, mixed = _unmix_share(i, im, t, lam, s, None, perm)
+                total = clean + mixed
+                values = {"clip": clean.detach(), "unmix": mixed.detach()}
+            MixLoss._check_finite(total, values, step)
+        values[f"lam_{self.kind}"] = lam.detach().mean().cpu()
+        return total, values
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return _gather(x, self.rank, self.world_size, differentiable=False)
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

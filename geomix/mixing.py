@@ -296,6 +296,7 @@ class ProgressiveLambda(LambdaPolicy):
             "d_a": self._d_a,
             "d_b": self._d_b,
             "stats": dict(self._stats),
+            "seed": self.seed,  # the projections are a function of it
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -304,6 +305,8 @@ class ProgressiveLambda(LambdaPolicy):
         self._d_a = None if state["d_a"] is None else float(state["d_a"])
         self._d_b = None if state["d_b"] is None else float(state["d_b"])
         self._stats = dict(state["stats"])
+        if int(state.get("seed", self.seed)) != self.seed:
+            self.seed, self._proj = int(state["seed"]), None
 
 
 def build_lambda_policy(cfg: LambdaConfig, *, seed: int = 0, prefix: str = "lambda") -> LambdaPolicy:

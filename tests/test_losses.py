@@ -301,3 +301,242 @@ def test_functional_bad_inputs_raise_value_error():
         L.mix_inputs(torch.zeros(4, 3), torch.Generator(), kind="imix", alpha=0.0)
     with pytest.raises(ValueError, match=r"n=1 is invalid"):
         L.mix_inputs(torch.zeros(1, 3), torch.Generator(), kind="unmix")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MixLoss
+
+
+from geomix.config import LambdaConfig, LossConfig, MixConfig  # noqa: E402
+from geomix.mixing import random_derangement, sample_beta  # noqa: E402
+
+
+def _fixed(v: float) -> LambdaConfig:
+    return LambdaConfig(policy="fixed", value=v)
+
+
+ALL_W = dict(w_m2=0.3, w_v=0.2, w_l=0.1, w_vl=0.4)
+
+
+def test_mixloss_composes_terms_with_weights_and_decay():
+    img, txt = _batch(6, 8, 20)
+    mix = MixConfig(m2=_fixed(0.3), v=_fixed(0.6), l=_fixed(0.8), vl=_fixed(0.5))
+    rev = torch.arange(5, -1, -1)
+    s = torch.tensor(9.0)
+    expect = {
+        "clip": L.clip_loss(img, txt, s),
+        "m2": L.m2_mix_loss(img, txt, 0.3, s),
+        "v": L.v_mix_loss(img, txt, 0.6, rev, s),
+        "l": L.l_mix_loss(img, txt, 0.8, rev, s),
+        "vl": L.vl_mix_loss(img, txt, 0.5, rev, s),
+    }
+    for decay, epoch, factor in (("constant", 3, 1.0), ("inverse_epoch", 0, 1.0), ("inverse_epoch", 3, 0.25)):
+        loss = L.MixLoss(LossConfig(decay=decay, **ALL_W), mix)
+        total, terms = loss(img, txt, s, epoch=epoch, step=0, total_steps=10)
+        for k, v in expect.items():
+            assert abs(terms[k].item() - v.item()) < 1e-6, k
+        ref = expect["clip"] + factor * sum(ALL_W[f"w_{k}"] * expect[k] for k in ("m2", "v", "l", "vl"))
+        assert abs(total.item() - ref.item()) < 1e-6
+        lams = [terms[f"lam_{k}"].item() for k in ("m2", "v", "l", "vl")]
+        assert lams == pytest.approx([0.3, 0.6, 0.8, 0.5])
+
+
+def test_mixloss_only_active_terms_and_ft_equals_clip():
+    img, txt = _batch(5, 4, 21)
+    total, terms = L.MixLoss(LossConfig(), MixConfig())(img, txt, 3.0, epoch=0, step=0, total_steps=1)
+    assert set(terms) == {"clip"}
+    assert abs(total.item() - L.clip_loss(img, txt, 3.0).item()) < 1e-7
+    _, terms = L.MixLoss(LossConfig(w_m2=0.1), MixConfig())(img, txt, 3.0, epoch=0, step=0, total_steps=1)
+    assert set(terms) == {"clip", "m2", "lam_m2"}
+
+
+def test_mixloss_beta_draws_and_random_partners_follow_the_seeded_generator():
+    img, txt = _batch(7, 6, 22)
+    loss = L.MixLoss(LossConfig(w_v=1.0, w_vl=1.0), MixConfig(partner="random"), generator_seed=5)
+    g = torch.Generator().manual_seed(5)
+    for step in range(3):
+        total, terms = loss(img, txt, 4.0, epoch=0, step=step, total_steps=3)
+        perm = random_derangement(7, g)
+        lam_v = sample_beta(g, 0.2, 0.2)
+        lam_vl = sample_beta(g, 1.0, 1.0)
+        assert terms["lam_v"].item() == pytest.approx(lam_v, abs=1e-7)
+        assert terms["lam_vl"].item() == pytest.approx(lam_vl, abs=1e-7)
+        assert abs(terms["v"].item() - L.v_mix_loss(img, txt, lam_v, perm, 4.0).item()) < 1e-6
+        assert abs(terms["vl"].item() - L.vl_mix_loss(img, txt, lam_vl, perm, 4.0).item()) < 1e-6
+
+
+def test_mixloss_fixed_tau_and_m2_tau():
+    img, txt = _batch(6, 5, 23)
+    loss = L.MixLoss(LossConfig(w_m2=1.0, tau=0.1, m2_tau=0.5), MixConfig(m2=_fixed(0.4)))
+    total, terms = loss(img, txt, torch.tensor(123.0), epoch=0, step=0, total_steps=1)  # scale ignored
+    assert abs(terms["clip"].item() - L.clip_loss(img, txt, 10.0).item()) < 1e-6
+    assert abs(terms["m2"].item() - L.m2_mix_loss(img, txt, 0.4, 2.0).item()) < 1e-6
+    total2, _ = loss(img, txt, None, epoch=0, step=1, total_steps=2)
+    assert total2.item() == total.item()
+
+
+def test_mixloss_gradients_reach_both_encoders_and_scale():
+    img, txt = _batch(6, 5, 24)
+    img.requires_grad_(True)
+    txt.requires_grad_(True)
+    s = torch.tensor(5.0, requires_grad=True)
+    total, _ = L.MixLoss(LossConfig(**ALL_W), MixConfig())(img, txt, s, epoch=0, step=0, total_steps=1)
+    total.backward()
+    assert all(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0 for x in (img, txt, s))
+
+
+def _run_steps(loss, batches, steps, start=0, total_steps=10):
+    out = []
+    for k in range(start, start + steps):
+        img, txt = batches[k]
+        total, terms = loss(img, txt, 6.0, epoch=k // 3, step=k, total_steps=total_steps)
+        out.append((total.item(), {key: v.item() for key, v in terms.items()}))
+    return out
+
+
+def _mixed_cfgs():
+    loss_cfg = LossConfig(decay="inverse_epoch", **ALL_W)
+    mix_cfg = MixConfig(
+        partner="random",
+        m2=LambdaConfig(policy="progressive", sigma=0.1, n_projections=8),
+        v=LambdaConfig(policy="history", alpha=0.5, momentum=0.7),
+        l=LambdaConfig(policy="beta", alpha=0.4, beta=0.9),
+        vl=_fixed(0.35),
+    )
+    return loss_cfg, mix_cfg
+
+
+def test_mixloss_same_seed_identical_different_seed_differs():
+    batches = [_batch(8, 6, 30 + k) for k in range(4)]
+    loss_cfg, mix_cfg = _mixed_cfgs()
+    a = _run_steps(L.MixLoss(loss_cfg, mix_cfg, generator_seed=1), batches, 4)
+    b = _run_steps(L.MixLoss(loss_cfg, mix_cfg, generator_seed=1), batches, 4)
+    c = _run_steps(L.MixLoss(loss_cfg, mix_cfg, generator_seed=2), batches, 4)
+    assert a == b  # bit-identical floats
+    assert [x[1]["lam_l"] for x in a] != [x[1]["lam_l"] for x in c]
+    prog = a[-1][1]
+    assert {"lam_m2", "lam_m2_base", "lam_m2_q", "lam_m2_d_a", "lam_m2_d_b", "lam_v_draw"} <= set(prog)
+
+
+@pytest.mark.parametrize("partner", ["random", "history"])
+def test_mixloss_state_dict_resume_is_bit_exact(partner, tmp_path):
+    batches = [_batch(8, 6, 40 + k) for k in range(6)]
+    loss_cfg, mix_cfg = _mixed_cfgs()
+    mix_cfg = MixConfig(**{**mix_cfg.__dict__, "partner": partner})
+    ref_loss = L.MixLoss(loss_cfg, mix_cfg, generator_seed=3)
+    ref = _run_steps(ref_loss, batches, 6)
+    first = L.MixLoss(loss_cfg, mix_cfg, generator_seed=3)
+    _run_steps(first, batches, 3)
+    torch.save(first.state_dict(), tmp_path / "loss.pt")
+    resumed = L.MixLoss(loss_cfg, mix_cfg, generator_seed=999)  # the seed is overwritten by the state
+    resumed.load_state_dict(torch.load(tmp_path / "loss.pt", weights_only=False))
+    assert _run_steps(resumed, batches, 3, start=3) == ref[3:]
+
+
+def test_mixloss_history_partner_uses_previous_step_embeddings():
+    (i1, t1), (i2, t2) = _batch(4, 3, 50), _batch(4, 3, 51)
+    loss = L.MixLoss(
+        LossConfig(w_v=1.0, w_vl=1.0), MixConfig(partner="history", v=_fixed(0.6), vl=_fixed(0.7))
+    )
+    _, terms1 = loss(i1, t1, 2.0, epoch=0, step=0, total_steps=2)
+    rev = torch.arange(3, -1, -1)  # first step: no memory yet, falls back to reverse
+    assert abs(terms1["v"].item() - L.v_mix_loss(i1, t1, 0.6, rev, 2.0).item()) < 1e-6
+    _, terms2 = loss(i2, t2, 2.0, epoch=0, step=1, total_steps=2)
+    I, T, HI, HT = (x.double().numpy() for x in (i2, t2, i1, t1))
+    lam, s, n = 0.6, 2.0, 4
+    im = _np_slerp(I, HI, lam)
+    y = np.hstack([lam * np.eye(n), (1 - lam) * np.eye(n)])  # image->text over [T; HT]
+    w = np.vstack([lam * np.eye(n), (1 - lam) * np.eye(n)])  # text rows [T; HT] -> mixed images
+    to_a = 2 * _np_ce(s * np.vstack([T, HT]) @ im.T, w)  # CE averages over 2n rows; the term over n
+    ref_v = 0.5 * (_np_ce(s * im @ np.vstack([T, HT]).T, y) + to_a)
+    assert abs(terms2["v"].item() - ref_v) < 1e-6
+    ref_vl = _ref_vl_hist(I, T, HI, HT, 0.7, s)
+    assert abs(terms2["vl"].item() - ref_vl) < 1e-6
+
+
+def _ref_vl_hist(i, t, hi, ht, lam, s):
+    im, tm = _np_slerp(i, hi, lam), _np_slerp(t, ht, lam)
+    eye = np.eye(len(i))
+    return 0.5 * (_np_ce(s * im @ tm.T, eye) + _np_ce(s * tm @ im.T, eye))
+
+
+def test_mixloss_nonfinite_raises_named_error():
+    img, txt = _batch(4, 3, 60)
+    loss = L.MixLoss(LossConfig(w_m2=0.5), MixConfig())
+    bad = img.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(L.NonFiniteLossError, match=r"'clip' is non-finite at step 17") as info:
+        loss(bad, txt, 2.0, epoch=0, step=17, total_steps=20)
+    assert isinstance(info.value, FloatingPointError) and info.value.term == "clip" and info.value.step == 17
+    with pytest.raises(L.NonFiniteLossError, match=r"step 3"):
+        loss(img, txt, torch.tensor(float("inf")), epoch=0, step=3, total_steps=20)
+
+
+def test_mixloss_bad_values_raise_value_error():
+    img, txt = _batch(4, 3, 61)
+    ok = L.MixLoss(LossConfig(w_v=1.0), MixConfig())
+    with pytest.raises(ValueError, match=r"n=1 is invalid: allowed n >= 2"):
+        ok(img[:1], txt[:1], 2.0, epoch=0, step=0, total_steps=1)
+    with pytest.raises(ValueError, match=r"txt.shape=\(3, 3\)"):
+        ok(img, txt[:3], 2.0, epoch=0, step=0, total_steps=1)
+    with pytest.raises(ValueError, match=r"scale=-2.0 is invalid"):
+        ok(img, txt, -2.0, epoch=0, step=0, total_steps=1)
+    with pytest.raises(ValueError, match=r"total_steps=0 is invalid"):
+        ok(img, txt, 2.0, epoch=0, step=0, total_steps=0)
+    with pytest.raises(ValueError, match=r"loss.w_m2=-0.1 is invalid"):
+        L.MixLoss(LossConfig(w_m2=-0.1), MixConfig())
+    with pytest.raises(ValueError, match=r"loss.tau=0.0 is invalid"):
+        L.MixLoss(LossConfig(tau=0.0), MixConfig())
+    with pytest.raises(ValueError, match=r"loss.m2_tau=-1.0 is invalid"):
+        L.MixLoss(LossConfig(m2_tau=-1.0), MixConfig())
+    with pytest.raises(ValueError, match=r"mix.v.alpha=0.0 is invalid"):
+        L.MixLoss(LossConfig(w_v=1.0), MixConfig(v=LambdaConfig(alpha=0.0)))
+    with pytest.raises(ValueError, match=r"mix.partner='nearest' is invalid: allowed one of"):
+        L.MixLoss(LossConfig(), MixConfig(partner="nearest"))
+    with pytest.raises(ValueError, match=r"mix.geometry='cubic' is invalid"):
+        L.MixLoss(LossConfig(), MixConfig(geometry="cubic"))
+    with pytest.raises(ValueError, match=r"mix.m2.policy='cosine' is invalid"):
+        L.MixLoss(LossConfig(w_m2=1.0), MixConfig(m2=LambdaConfig(policy="cosine")))
+    with pytest.raises(ValueError, match=r"loss.kind='imix' is invalid for MixLoss"):
+        L.MixLoss(LossConfig(kind="imix"), MixConfig())
+    with pytest.raises(ValueError, match=r"rank=2 is invalid"):
+        L.MixLoss(LossConfig(), MixConfig(), rank=2, world_size=2)
+    with pytest.raises(RuntimeError, match=r"world_size=2 but torch.distributed is not initialised"):
+        L.MixLoss(LossConfig(), MixConfig(), world_size=2)(img, txt, 2.0, epoch=0, step=0, total_steps=1)
+
+
+def test_mixloss_linear_geometry():
+    img, txt = _batch(6, 5, 62)
+    loss = L.MixLoss(LossConfig(w_m2=1.0), MixConfig(geometry="linear", m2=_fixed(0.3)))
+    _, terms = loss(img, txt, 3.0, epoch=0, step=0, total_steps=1)
+    assert abs(terms["m2"].item() - L.m2_mix_loss(img, txt, 0.3, 3.0, geometry="linear").item()) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# InputMixLoss
+
+
+@pytest.mark.parametrize("kind", ["imix", "unmix"])
+def test_input_mix_loss_module(kind, tmp_path):
+    pixels = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mod = L.InputMixLoss(LossConfig(kind=kind, input_alpha=0.7), generator_seed=4)
+    batch = mod.mix(pixels)
+    again = L.mix_inputs(pixels, torch.Generator().manual_seed(4), kind=kind, alpha=0.7)
+    assert torch.equal(batch.pixels, again.pixels)
+    img, txt = _batch(6, 5, 70)
+    mixed, _ = _batch(6, 5, 71)
+    total, terms = mod(img, mixed, txt, batch, 3.0, step=0)
+    if kind == "imix":
+        ref = L.imix_loss(mixed, txt, batch.lam, batch.perm, 3.0)
+        assert set(terms) == {"imix", "lam_imix"}
+    else:
+        ref = L.unmix_loss(img, mixed, txt, batch.lam[0].item(), batch.perm, 3.0)
+        assert abs(terms["clip"].item() - L.clip_loss(img, txt, 3.0).item()) < 1e-6
+    assert abs(total.item() - ref.item()) < 1e-6
+    torch.save(mod.state_dict(), tmp_path / "m.pt")
+    nxt = mod.mix(pixels)
+    other = L.InputMixLoss(LossConfig(kind=kind, input_alpha=0.7), generator_seed=0)
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=False))
+    assert torch.equal(other.mix(pixels).lam, nxt.lam)
+    with pytest.raises(ValueError, match=r"loss.kind='contrastive' is invalid for InputMixLoss"):
+        L.InputMixLoss(LossConfig())
