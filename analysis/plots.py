@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.tables import (  # noqa: E402
-    LOWER_IS_BETTER,
     OK,
     TERMS,
     axis_levels,
+    direction,
     display_name,
     method_order,
     prepare,
@@ -77,7 +77,7 @@ def beta_heatmap(trials: pd.DataFrame, out_dir: str | os.PathLike[str], metric: 
         )
         grid = data.pivot_table(index="a", columns="b", values="v", aggfunc="mean", observed=True)
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.6 * grid.shape[0]))
-        cmap = "viridis_r" if metric in LOWER_IS_BETTER else "viridis"
+        cmap = "viridis_r" if direction(metric) is False else "viridis"
         im = ax.imshow(grid.to_numpy(dtype=float), cmap=cmap, aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=45, ha="right")
         ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
@@ -124,10 +124,10 @@ def parallel_coordinates(
             axes.append(labels.map(pos).to_numpy(dtype=float))
             ticks.append(f"{p}\n{'/'.join(levels)}")
     values = pd.to_numeric(search[metric], errors="coerce").to_numpy(dtype=float)
-    order = np.argsort(values if metric not in LOWER_IS_BETTER else -values)  # best drawn last, on top
+    order = np.argsort(-values if direction(metric) is False else values)  # best drawn last, on top
     coords = np.stack(axes, axis=1)[order]
     norm = plt.Normalize(values.min(), values.max())
-    cmap = plt.get_cmap("viridis_r" if metric in LOWER_IS_BETTER else "viridis")
+    cmap = plt.get_cmap("viridis_r" if direction(metric) is False else "viridis")
     fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(params), 4.0))
     x = np.arange(len(params))
     for row, v in zip(coords, values[order]):

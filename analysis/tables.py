@@ -63,13 +63,36 @@ RETRIEVAL = {
     "r10_t2i": "t→i R@10",
 }
 QUALITY = {"rsum": "rsum", "align": "align", "unif": "unif", "gap": "gap", "ece": "ECE", "zs_acc": "ZS acc"}
-LOWER_IS_BETTER = frozenset({"align", "unif", "unif_img", "unif_txt", "gap", "ece", "cos_neg", "train_loss"})
+# Direction of each metric: True = higher is better, False = lower, None = descriptive (never marked best).
+# A copy of geomix.metrics.HIGHER_IS_BETTER (a test keeps them equal) so that tables need not import torch.
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    **dict.fromkeys(("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum"), True),
+    "align": True,
+    "unif": True,
+    "unif_img": False,
+    "unif_txt": False,
+    "gap": None,
+    "cos_pos": None,
+    "cos_neg": None,
+    "zs_acc": True,
+    "ece": False,
+}
+LOWER_IS_BETTER = frozenset(k for k, v in HIGHER_IS_BETTER.items() if v is False) | {"train_loss"}
 TERMS = {"m2": "m²", "v": "V", "l": "L", "vl": "VL"}
 POLICY_NAMES = {"beta": "random (Beta)", "fixed": "fixed", "progressive": "progressive", "history": "history"}
 CONFIG_PREFIXES = ("data.", "model.", "loss.", "mix.", "optim.")
 OK = "completed"
 MAX_LEVELS = 6  # a continuous hyper-parameter is binned into this many quantile bins
 _PREPARED = "geomix_prepared"
+
+
+def direction(metric: str) -> bool | None:
+    """True if higher ``metric`` is better, False if lower, None if descriptive; ``val_`` / ``test_``
+    prefixes are ignored and unknown metrics count as higher-is-better."""
+    name = metric.split("_", 1)[1] if metric.startswith(("val_", "test_")) else metric
+    if name in LOWER_IS_BETTER:
+        return False
+    return HIGHER_IS_BETTER.get(name, True)
 
 
 def decimals(metric: str) -> int:
@@ -217,6 +240,9 @@ def _cells(
 def _best_flags(means: list[float], metric: str, groups: list[object] | None) -> list[bool]:
     """True where a mean equals its group's best at the shown precision (ties all marked)."""
     dec = decimals(metric)
+    higher = direction(metric)
+    if higher is None:
+        return [False] * len(means)
     groups = groups if groups is not None else [0] * len(means)
     rounded = [round(m, dec) if math.isfinite(m) else math.nan for m in means]
     best_of: dict[object, float] = {}
@@ -224,7 +250,7 @@ def _best_flags(means: list[float], metric: str, groups: list[object] | None) ->
         if math.isnan(r):
             continue
         cur = best_of.get(g)
-        better = cur is None or (r < cur if metric in LOWER_IS_BETTER else r > cur)
+        better = cur is None or (r > cur if higher else r < cur)
         if better:
             best_of[g] = r
     return [
@@ -238,9 +264,12 @@ def _n_in_group(groups: list[object], rounded: list[float], g: object) -> int:
 
 
 def _direction_note(metrics: Iterable[str]) -> str:
-    low = [m for m in metrics if m in LOWER_IS_BETTER]
-    text = "Best per column marked (bold; `*` in CSV), among rows with a value"
-    return text + (f"; lower is better for {', '.join(low)}." if low else "; higher is better.")
+    metrics = list(metrics)
+    low = [m for m in metrics if direction(m) is False]
+    plain = [m for m in metrics if direction(m) is None]
+    text = "Best per column marked (bold; `*` in CSV), among rows with a value; higher is better"
+    text += f" except {', '.join(low)} (lower is better)" if low else ""
+    return text + (f"; {', '.join(plain)} descriptive, not marked." if plain else ".")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -628,8 +657,7 @@ def _study_from_trials(search: pd.DataFrame, metric: str, params: list[str]) -> 
             )
             dists[p] = CategoricalDistribution(sorted(set(labels)))
             values[p] = labels.tolist()
-    direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction="minimize" if direction(metric) is False else "maximize")
     target = pd.to_numeric(search[metric], errors="coerce").tolist()
     frozen = [
         optuna.trial.create_trial(
@@ -735,7 +763,7 @@ def table_top_trials(trials: pd.DataFrame, metric: str = "rsum", k: int = 10) ->
     ok = ok[ok[metric].notna()]
     if ok.empty:
         return None
-    ok = ok.sort_values(metric, ascending=metric in LOWER_IS_BETTER, kind="stable").head(k)
+    ok = ok.sort_values(metric, ascending=direction(metric) is False, kind="stable").head(k)
     params = searched_columns(pool[pool["status"] == OK])[:8]
     extra = [m for m in ("r1_i2t", "r1_t2i") if m in ok.columns and m != metric]
     frame = {"rank": [str(i + 1) for i in range(len(ok))], "trial": ok["trial_id"].astype(str).tolist()}

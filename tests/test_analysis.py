@@ -147,9 +147,21 @@ def test_best_marker_per_column_and_direction(trials):
     qb = q.best.set_index(q.frame["method"])
     assert qb.loc["m³-Mix", "ECE"] and not qb.loc["ZS", "ECE"]  # lower is better for ECE
     assert not qb.loc["ZS", "rsum"]
+    # Descriptive metrics (the modality gap) get no best marker; align / unif are higher-is-better here.
+    q = T.table_quality(trials.assign(gap=np.linspace(0.1, 1.0, len(trials)), align=np.arange(len(trials))))
+    assert not q.best["gap"].any() and q.best.set_index(q.frame["method"]).loc["m³-Mix (linear)", "align"]
+    assert any("gap descriptive" in n for n in q.notes) and any("except ece (lower" in n for n in q.notes)
     md = to_markdown(t)
     assert "| **15.00 ± 1.73** |" in md
     assert "15.00 ± 1.73*" in to_csv(t)
+
+
+def test_metric_directions_and_names_match_geomix_metrics():
+    from geomix import metrics
+
+    assert T.HIGHER_IS_BETTER == metrics.HIGHER_IS_BETTER
+    assert R.METRIC_COLUMNS == metrics.METRIC_KEYS
+    assert T.direction("val_ece") is False and T.direction("test_rsum") is True and T.direction("gap") is None
 
 
 def test_quality_table_component_flags(trials):
