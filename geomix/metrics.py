@@ -4,7 +4,7 @@ Everything takes embeddings as torch tensors (CPU or CUDA) and returns Python fl
 here (a no-op for already normalised features), so every metric is the one of the unit sphere. Half-precision
 inputs are upcast to float32, float64 stays float64. Any ``n x m`` similarity matrix is built in row blocks of
 at most ``_BLOCK_ELEMS`` entries (4M, i.e. 16 MB per float32 block): ``evaluate_embeddings`` on 5k images x
-25k captions x 512 dims peaks at ~230 MB extra RSS on the CPU (input copies included) against ~1.6 GB with one
+25k captions x 512 dims peaks at ~280 MB extra RSS on the CPU (input copies included) against ~1.6 GB with one
 full block.
 
 Conventions (see ``losses.md``, section Metrics):
