@@ -211,21 +211,31 @@ def _pca2(x: np.ndarray) -> np.ndarray:
 def modality_gap(
     trials: pd.DataFrame, out_dir: str | os.PathLike[str], max_points: int = 500, max_panels: int = 6
 ) -> list[Path]:
-    """Image vs text embeddings of one completed trial per method, joint PCA to 2-D, paired lines."""
+    """Image vs text embeddings of one completed trial per method, joint PCA to 2-D, paired lines.
+
+    The file is the ``embeddings_path`` column, else the first ``*.npz`` (a ``test`` one preferred) in the
+    ``run.out_dir`` folder; relative paths are taken from the trial's results folder.
+    """
     df = prepare(trials)
-    if "embeddings_path" not in df.columns or df["embeddings_path"].isna().all():
-        log.info("modality gap skipped: trials have no embeddings_path column (run.save_embeddings off)")
+    # The training loop writes <run.out_dir>/embeddings_<split>.npz; a sweep may record the file itself.
+    column = next(
+        (c for c in ("embeddings_path", "run.out_dir") if c in df.columns and df[c].notna().any()), None
+    )
+    if column is None:
+        log.info(
+            "modality gap skipped: trials have no embeddings_path or run.out_dir (run.save_embeddings off)"
+        )
         return []
-    ok = df[(df["status"] == OK) & df["embeddings_path"].notna()]
+    ok = df[(df["status"] == OK) & df[column].notna()].rename(columns={column: "_emb"})
     ok = ok.sort_values(["method", "seed"], kind="stable")
     panels = []
     for method in method_order(ok["method"].unique()):
         if method == "search":
             continue
         row = ok[ok["method"] == method].iloc[0]
-        path = _find_npz(str(row["embeddings_path"]), row.get("results_dir"))
+        path = _find_npz(str(row["_emb"]), row.get("results_dir"))
         if path is None:
-            log.info("modality gap: %s has no embeddings file at %s", method, row["embeddings_path"])
+            log.info("modality gap: %s has no embeddings file at %s", method, row["_emb"])
             continue
         with np.load(path) as z:
             if "img" not in z or "txt" not in z:

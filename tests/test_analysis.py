@@ -474,3 +474,28 @@ def test_tables_benchmark_script_runs_small():
         check=True,
     )
     assert "300 trials" in out.stdout and "tables" in out.stdout
+
+
+def test_modality_gap_from_run_out_dir(tmp_path):
+    run = tmp_path / "trial0" / "run"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    np.savez(run / "embeddings_val.npz", img=rng.normal(size=(6, 4)), txt=rng.normal(size=(6, 4)))
+    np.savez(
+        run / "embeddings_test.npz",
+        img=rng.normal(size=(10, 4)),
+        txt=rng.normal(size=(12, 4)),
+        txt_to_img=np.arange(12) % 10,
+    )
+    df = pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "method": ["ft", "zs"],
+            "seed": [0, 0],
+            "status": ["completed", "completed"],
+            "run.out_dir": [str(run), str(tmp_path / "none")],
+        }
+    )
+    paths = plots.modality_gap(df, tmp_path / "figs")
+    assert [p.name for p in paths] == ["modality_gap.png", "modality_gap.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
