@@ -147,7 +147,8 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     """A copy with the columns every table relies on: ``method``, ``seed``, ``status``, ``dataset``.
 
     Metrics written as ``test_<m>`` get their plain name; a missing ``status`` counts as completed (old
-    hand-written files), a null one as ``unknown`` (excluded and counted). A frame this function returned
+    hand-written files), a null one as ``unknown`` (excluded and counted); a trial without a seed is its
+    own sample. A frame this function returned
     is passed through as it is (the table builders never modify their input), so :func:`build_tables`
     prepares once for all tables.
     """
@@ -162,6 +163,10 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     df["method"] = df["method"].fillna("unknown").astype(str)
     if "seed" not in df.columns:
         df["seed"] = df["run.seed"] if "run.seed" in df.columns else np.nan
+    if df["seed"].isna().any():
+        # Without a seed a trial is its own sample: never pooled with others, never paired.
+        tid = df["trial_id"].astype(str) if "trial_id" in df.columns else pd.Series(df.index.astype(str))
+        df["seed"] = df["seed"].astype(object).where(df["seed"].notna(), "trial:" + tid)
     df["status"] = df["status"].fillna("unknown").astype(str) if "status" in df.columns else OK
     df["dataset"] = dataset_names(df)
     df.attrs[_PREPARED] = True
