@@ -374,18 +374,20 @@ def test_top_trials():
 def test_robust_to_nan_config_and_missing_metrics():
     df = pd.DataFrame(
         {
-            "trial_id": ["a", "b", "c"],
-            "method": ["ft", None, "m2_mix"],
-            "status": ["completed", "completed", None],
-            "test_r1_i2t": [10.0, np.nan, 5.0],
-            "loss.w_m2": [np.nan, 0.0, 0.1],
-            "loss.tau": [np.nan, np.nan, np.nan],
+            "trial_id": ["a", "b", "c", "d"],
+            "method": ["ft", None, "m2_mix", "ft"],
+            "status": ["completed", "completed", None, "completed"],
+            "test_r1_i2t": [10.0, np.nan, 5.0, 12.0],
+            "loss.w_m2": [np.nan, 0.0, 0.1, 0.0],
+            "loss.tau": [np.nan, np.nan, np.nan, np.nan],
         }
     )
     tables = T.build_tables(df)
     t1 = next(t for t in tables if t.name == "table1_retrieval")
     f = t1.frame.set_index("method")
-    assert f.loc["FT", "i→t R@1"] == "10.00 ± –" and f.loc["unknown", "i→t R@1"] == "–"
+    # No seed column: each trial is its own sample, so the two FT trials give n = 2 and a std.
+    assert f.loc["FT", "i→t R@1"] == "11.00 ± 1.41" and f.loc["FT", "n"] == "2"
+    assert f.loc["unknown", "i→t R@1"] == "–"
     assert f.loc["m²-Mix", "runs"] == "0 ok / 1 unknown"
     for t in tables:
         for fmt in ("markdown", "latex", "csv"):
