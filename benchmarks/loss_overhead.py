@@ -1,0 +1,119 @@
+"""Forward+backward cost of each geomix loss term, and of m³-Mix, relative to the CLIP loss.
+
+All cases run side by side in one process: the repeats are interleaved (case A, B, C, ..., then again), so
+machine noise hits every case alike; the table reports medians and the ratio to CLIP at the same ``n``,
+and the minimum (the least-disturbed run, the steadier figure on a shared machine) with its ratio.
+The ``matmuls`` column is the number of ``n×n×d`` products (forward + backward) each case needs, divided
+by CLIP's; the measured ratio should track it, since everything else is ``O(n·d)`` or ``O(n²)``.
+
+    python benchmarks/loss_overhead.py                     # n in {128, 512, 1024}, d = 512
+    python benchmarks/loss_overhead.py --smoke-test        # tiny sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import open_clip
+import torch
+
+from geomix import losses as L
+from geomix.config import LambdaConfig, LossConfig, MixConfig
+
+# n×n×d products per case, forward + backward (a matmul's backward needs two more).
+_MATMULS = {"clip": 3, "open_clip": 6, "m2": 6, "v": 3, "l": 3, "vl": 3, "m3": 18}
+
+
+def _cases(n: int, device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
+    perm = torch.arange(n - 1, -1, -1, device=device)
+    m3 = L.MixLoss(
+        LossConfig(w_m2=1.0, w_v=0.5, w_l=0.5, w_vl=1.0),
+        MixConfig(m2=LambdaConfig(alpha=1.0), v=LambdaConfig(alpha=0.2), l=LambdaConfig(alpha=0.2)),
+    )
+    ref = open_clip.loss.ClipLoss()
+    return {
+        "clip": lambda i, t, s: L.clip_loss(i, t, s, check=False),
+        "open_clip": lambda i, t, s: ref(i, t, s),
+        "m2": lambda i, t, s: L.m2_mix_loss(i, t, 0.5, s, check=False),
+        "v": lambda i, t, s: L.v_mix_loss(i, t, 0.5, perm, s, check=False),
+        "l": lambda i, t, s: L.l_mix_loss(i, t, 0.5, perm, s, check=False),
+        "vl": lambda i, t, s: L.vl_mix_loss(i, t, 0.5, perm, s, check=False),
+        "m3": lambda i, t, s: m3(i, t, s, epoch=0, step=0, total_steps=1)[0],
+    }
+
+
+def _time_once(fn: Callable[..., torch.Tensor], img, txt, device: torch.device) -> float:
+    i = img.clone().requires_grad_(True)
+    t = txt.clone().requires_grad_(True)
+    s = torch.tensor(14.0, device=device, requires_grad=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(i, t, s).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(sizes: list[int], dim: int, repeats: int, warmup: int, device: torch.device) -> list[dict]:
+    rows = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        img = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+        txt = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+        cases = _cases(n, device)
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        for rep in range(warmup + repeats):
+            for name, fn in cases.items():
+                dt = _time_once(fn, img, txt, device)
+                if rep >= warmup:
+                    times[name].append(dt)
+        base, base_min = statistics.median(times["clip"]), min(times["clip"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            rows.append(
+                {
+                    "n": n,
+                    "case": name,
+                    "median_ms": 1e3 * med,
+                    "ratio": med / base,
+                    "min_ms": 1e3 * min(ts),
+                    "min_ratio": min(ts) / base_min,
+                    "matmuls": _MATMULS[name] / _MATMULS["clip"],
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 512, 1024])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--smoke-test", action="store_true", help="tiny sizes and few repeats (CI)")
+    args = p.parse_args(argv)
+    if args.smoke_test:
+        args.sizes, args.dim, args.repeats, args.warmup = [16, 32], 8, 3, 1
+    device = torch.device(args.device)
+    rows = run(args.sizes, args.dim, args.repeats, args.warmup, device)
+    print(
+        f"# loss forward+backward, d={args.dim}, device={device}, threads={torch.get_num_threads()}, "
+        f"{args.repeats} interleaved repeats, median"
+    )
+    print(
+        f"{'n':>6} {'case':<10} {'median ms':>10} {'x CLIP':>7} {'min ms':>9} {'x CLIP':>7} {'matmuls x':>10}"
+    )
+    for r in rows:
+        print(
+            f"{r['n']:>6} {r['case']:<10} {r['median_ms']:>10.3f} {r['ratio']:>7.2f} "
+            f"{r['min_ms']:>9.3f} {r['min_ratio']:>7.2f} {r['matmuls']:>10.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
