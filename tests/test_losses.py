@@ -429,7 +429,7 @@ def test_mixloss_state_dict_resume_is_bit_exact(partner, tmp_path):
     _run_steps(first, batches, 3)
     torch.save(first.state_dict(), tmp_path / "loss.pt")
     resumed = L.MixLoss(loss_cfg, mix_cfg, generator_seed=999)  # the seed is overwritten by the state
-    resumed.load_state_dict(torch.load(tmp_path / "loss.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "loss.pt", weights_only=True))
     assert _run_steps(resumed, batches, 3, start=3) == ref[3:]
 
 
@@ -536,7 +536,7 @@ def test_input_mix_loss_module(kind, tmp_path):
     torch.save(mod.state_dict(), tmp_path / "m.pt")
     nxt = mod.mix(pixels)
     other = L.InputMixLoss(LossConfig(kind=kind, input_alpha=0.7), generator_seed=0)
-    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=False))
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert torch.equal(other.mix(pixels).lam, nxt.lam)
     with pytest.raises(ValueError, match=r"loss.kind='contrastive' is invalid for InputMixLoss"):
         L.InputMixLoss(LossConfig())
