@@ -115,13 +115,9 @@ def _check_batch(
 
 
 def _check_perm(perm: torch.Tensor, n: int, check: bool, name: str = "perm") -> None:
-    if (
-        not isinstance(perm, torch.Tensor)
-        or perm.dtype not in (torch.int64, torch.int32)
-        or perm.shape != (n,)
-    ):
+    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or perm.shape != (n,):
         shape = tuple(perm.shape) if isinstance(perm, torch.Tensor) else type(perm).__name__
-        raise ValueError(f"{name}={shape} is invalid: allowed an integer tensor of shape [{n}]")
+        raise ValueError(f"{name}={shape} is invalid: allowed an int64 tensor of shape [{n}]")
     if check:
         if not torch.equal(perm.sort().values.cpu(), torch.arange(n, dtype=perm.dtype)):
             raise ValueError(f"{name}={perm.tolist()} is invalid: allowed a permutation of 0..{n - 1}")
@@ -250,6 +246,11 @@ def _soft_pair_share(
         wa = lam_r
     to_i = _nll2(logits_t, idx, inv_r, wa)
     return 0.5 * (to_t + to_i) * _share(r, n)
+
+
+def _perm_partners(perm: torch.Tensor, device: torch.device) -> _Partners:
+    perm = perm.to(device)
+    return _Partners(perm=perm, inv=_inverse(perm))
 
 
 def _uni_share(
@@ -402,7 +403,7 @@ def v_mix_loss(
     mix = _mixer(geometry)
     _, i, t, s, lam = _prepare(img, txt, scale, check, lam=lam, perm=perm)
     with _fp32_context(img.device):
-        return _uni_share(i, t, lam, s, None, mix, _Partners(perm=perm, inv=_inverse(perm)), 0)[0]
+        return _uni_share(i, t, lam, s, None, mix, _perm_partners(perm, i.device), 0)[0]
 
 
 def l_mix_loss(
@@ -425,7 +426,7 @@ def l_mix_loss(
     mix = _mixer(geometry)
     _, i, t, s, lam = _prepare(img, txt, scale, check, lam=lam, perm=perm)
     with _fp32_context(img.device):
-        return _uni_share(t, i, lam, s, None, mix, _Partners(perm=perm, inv=_inverse(perm)), 1)[0]
+        return _uni_share(t, i, lam, s, None, mix, _perm_partners(perm, i.device), 1)[0]
 
 
 def vl_mix_loss(
@@ -445,7 +446,7 @@ def vl_mix_loss(
     mix = _mixer(geometry)
     _, i, t, s, lam = _prepare(img, txt, scale, check, lam=lam, perm=perm)
     with _fp32_context(img.device):
-        return _vl_share(i, t, lam, s, None, mix, _Partners(perm=perm, inv=_inverse(perm)))[0]
+        return _vl_share(i, t, lam, s, None, mix, _perm_partners(perm, i.device))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -700,8 +701,7 @@ class MixLoss(nn.Module):
             perm = self.partner.fallback(n, self.generator)
         else:
             perm = self.partner(n, self.generator)
-        perm = perm.to(device)
-        return _Partners(perm=perm, inv=_inverse(perm))
+        return _perm_partners(perm, device)
 
     def _scale(self, scale: Scale | None, device: torch.device) -> Scale:
         if self.fixed_scale is not None:
