@@ -317,7 +317,16 @@ def _vl_share(
 # public functional terms (one process, whole batch)
 
 
-def _prepare(img, txt, scale, check, lam=None, perm=None, names=("img", "txt")):
+def _prepare(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    scale: Scale,
+    check: bool,
+    lam: Lam | None = None,
+    perm: torch.Tensor | None = None,
+    names: tuple[str, str] = ("img", "txt"),
+) -> tuple[int, torch.Tensor, torch.Tensor, Scale, Lam | None]:
+    """Validate a functional call's inputs (before any n×n work) and cast them to float32."""
     n = _check_batch(img, txt, check, names)
     _check_scale(scale, check)
     if lam is not None:
@@ -511,7 +520,16 @@ def mix_inputs(
     return InputMixBatch(mixed, lam_t, perm)
 
 
-def _unmix_share(i, im, t, lam, s, rows, perm):
+def _unmix_share(
+    i: torch.Tensor,
+    im: torch.Tensor,
+    t: torch.Tensor,
+    lam: Lam,
+    s: Scale,
+    rows: tuple[int, int] | None,
+    perm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-Mix's (clean CLIP share, mixed image->text share)."""
     n = i.shape[0]
     r = _rows(rows, n)
     idx = _idx(r, i.device)
@@ -785,7 +803,16 @@ class MixLoss(nn.Module):
                 terms[label] = torch.tensor(float(v), dtype=torch.float32)
         return total, terms
 
-    def _shares(self, i, t, s, rows, step, total_steps):
+    def _shares(
+        self,
+        i: torch.Tensor,
+        t: torch.Tensor,
+        s: Scale,
+        rows: tuple[int, int] | None,
+        step: int,
+        total_steps: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Each active term's row share, and the (mixed, a-side, b-side) sets progressive policies observe."""
         shares = {"clip": _clip_share(i, t, s, rows)}
         observations: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         part = self._partners(i.shape[0], i.device) if set(self.active) - {"m2"} else None
