@@ -90,6 +90,7 @@ def build_train_set(
     if cfg.source == "shapes" and styles is not None:
         _check_styles(styles)
     source = _source(cfg, "train", styles, size)
+    log.info("train set: %s", source.describe())
     return TrainSet(source, _transform(cfg, transform), tokenize, seed=cfg.seed if seed is None else seed)
 
 
@@ -114,6 +115,7 @@ def build_eval_set(
     if cfg.source == "shapes" and styles is not None:
         _check_styles(styles)
     source = _source(cfg, split, styles, size)
+    log.info("%s set: %s", split, source.describe())
     first_only = cfg.eval_captions == "first"
     return make_eval_set(source, _transform(cfg, transform), tokenize, first_only=first_only)
 

@@ -21,6 +21,7 @@ train, val and test never share a sample.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from geomix.config import SHAPE_STYLES
 from geomix.data.captions import COLOURS, POSITION_CELLS, POSITIONS, SHAPES, Obj, class_prompt, make_captions
 
 STYLES: tuple[str, ...] = SHAPE_STYLES
+# Bumped whenever the pixels or captions for a given (seed, split, index) change, so caches keyed on
+# the data (e.g. the embedded base model) can include it.
+GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
 N_CLASSES = len(COLOURS) * len(SHAPES)
@@ -49,6 +53,11 @@ _RADIUS = {"small": 0.10, "large": 0.17}
 _CELL_CENTRE = (0.2, 0.5, 0.8)
 # One, two or three shapes; single-shape scenes are rarer because they have few distinct captions.
 _COUNT_P = (0.12, 0.44, 0.44)
+# "textured" background brightness range (mid-grey to dark, so the base styles vary the background).
+_TEXTURE_BASE = (150.0, 210.0)
+# "dark" style: shape fill = colour * _DARK_FILL, rim = colour * a + b (None: no rim).
+_DARK_FILL = 0.6
+_DARK_RIM: tuple[float, float] | None = (0.4, 150.0)
 
 
 def rng_for(*key: object) -> np.random.Generator:
@@ -119,6 +128,12 @@ def _clip(rgb: np.ndarray) -> tuple[int, int, int]:
     return int(r), int(g), int(b)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return yy, xx
+
+
 def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if style == "flat":
         return np.broadcast_to(rng.uniform(215, 250, size=3), (size, size, 3)).copy()
@@ -126,10 +141,10 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return np.broadcast_to(rng.uniform(240, 255, size=3), (size, size, 3)).copy()
     if style == "textured":
         # Stripes of random frequency and orientation: a texture the shapes must be seen through.
-        yy, xx = np.mgrid[0:size, 0:size] / size
+        yy, xx = _grid(size)
         theta, freq = rng.uniform(0, math.pi), rng.uniform(3, 8)
         stripes = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
-        base = rng.uniform(150, 210, size=3)
+        base = rng.uniform(*_TEXTURE_BASE, size=3)
         return base + 35 * stripes[..., None] + rng.normal(0, 12, size=(size, size, 3))
     if style == "dark":
         base = rng.uniform(5, 30, size=3) + np.array([0.0, 0.0, 15.0])  # a slightly blue night background
@@ -152,7 +167,8 @@ def render(scene: Scene, style: str, size: int, rng: np.random.Generator) -> np.
         r = _RADIUS[o.size] * scene.scales[i] * size
         rgb = np.array(_RGB[o.colour], dtype=float) + np.array(scene.tints[i])
         if style == "dark":
-            fill, edge = _clip(rgb * 0.6), _clip(rgb * 0.4 + 150)
+            fill = _clip(rgb * _DARK_FILL)
+            edge = None if _DARK_RIM is None else _clip(rgb * _DARK_RIM[0] + _DARK_RIM[1])
         elif style == "outline":
             fill, edge = None, _clip(rgb)
         else:
