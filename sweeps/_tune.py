@@ -443,7 +443,10 @@ def history_rows(trial_id: str, result: Mapping[str, Any]) -> list[dict[str, Any
               if (k in _HISTORY_KEYS or k.startswith(("val_", "test_", "loss_", "lam_"))) and _is_num(v)}
     if "step" not in report:
         return []
-    return _results_module().history_rows(trial_id, report)
+    rows = _results_module().history_rows(trial_id, report)
+    for row in rows:  # when the driver saw it: tells a resumed trial's rows from rows of a rerun
+        row["reported_at"] = time.time()
+    return rows
 
 
 def trial_row(
@@ -575,6 +578,7 @@ def run_sweep(
                 scheduler=scheduler,
                 num_samples=num_samples,
                 max_concurrent_trials=concurrent,
+                reuse_actors=True,  # a new trial in a warm actor skips process start and imports
                 trial_dirname_creator=lambda t: t.trial_id,
                 trial_name_creator=lambda t: f"{t.config.get('method', 'trial')}-{t.trial_id}",
             ),

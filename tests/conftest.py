@@ -187,3 +187,35 @@ def standin():
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     return {"run_fn": standin_run, "fit_fn": standin_fit}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tiny real trials (geomix.train) for the end-to-end tests: the micro model, a small base model cached
+# once per test session, a few dozen samples.
+
+_TINY = {
+    "model": {"name": "geomix-micro", "base_epochs": 2, "base_train_size": 256, "base_batch_size": 64},
+    "data": {"train_size": 64, "val_size": 32, "test_size": 32},
+    "optim": {"epochs": 2, "batch_size": 32},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("geomix-cache"))
+
+
+@pytest.fixture
+def tiny_base(tiny_cache):
+    """A base TrainConfig dict for tiny real trials (shared base-model cache)."""
+    from geomix import config as C
+
+    return C.merge(_TINY, {"model": {"cache_dir": tiny_cache}})
+
+
+@pytest.fixture
+def tiny_overrides(tiny_base):
+    """The same as ``key=value`` command-line overrides."""
+    from geomix import config as C
+
+    return [f"{k}={v}" for k, v in C.flatten(tiny_base).items()]

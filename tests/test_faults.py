@@ -1,0 +1,108 @@
+"""Fault tolerance: a driver killed with SIGKILL and the same command re-run loses and duplicates no
+trial; a Ray Train worker killed mid-trial makes the trial resume from its last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from geomix import results  # noqa: E402
+from sweeps import _tune  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows(folder: Path, table: str = "trials"):
+    if not (folder / f"{table}.parquet").is_file():
+        return None
+    trials, history = results.read_results(str(folder))
+    return trials if table == "trials" else history
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
+    res = tmp_path / "res"
+    cmd = [sys.executable, str(ROOT / "sweeps" / "ablation.py"), "--smoke-test", "--methods", "zs,ft",
+           "--seeds", "0,1", "--max-concurrent", "1", "--results", str(res), *tiny_overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Own session: after the SIGKILL, the Ray processes this driver started can be ended by group id.
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # kill once a trial is done and the next one has started
+            trials, history = _rows(res), _rows(res, "history")
+            if trials is not None and history is not None and len(set(history.trial_id)) > len(trials):
+                break
+            assert first.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no finished trial within 240 s")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        time.sleep(2)
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # Ray processes of the killed driver's session
+        except ProcessLookupError:
+            pass
+    done_before = set(_rows(res).trial_id)
+    assert 1 <= len(done_before) < 4
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming sweep" in second.stderr
+    trials = _rows(res)
+    assert len(trials) == 4 and trials["trial_id"].is_unique  # 2 methods x 2 seeds: none lost or doubled
+    assert done_before <= set(trials.trial_id)
+    assert sorted(zip(trials.method, trials.seed)) == [("ft", 0), ("ft", 1), ("zs", 0), ("zs", 1)]
+    assert (trials.status == "completed").all()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, tmp_path):
+    """One 2-worker Ray Train trial; a worker is SIGKILLed after the first epoch's report. The trial must
+    complete, and the first epoch's history row must be the one written before the kill (the restarted
+    worker group resumed from the epoch-1 checkpoint instead of training from scratch)."""
+    from ray.util.state import list_actors
+
+    spec = _tune.SweepSpec(name="faults", base=tiny_base, results=str(tmp_path / "res"),
+                           storage=str(tmp_path / "ray"), methods={"ft": {"optim.epochs": 3}},
+                           num_workers=2, max_failures=2)
+    res = Path(spec.results)
+    killed: dict[str, float] = {}
+
+    def kill_a_worker_after_epoch_1():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            history = _rows(res, "history")
+            if history is not None and (history.epoch >= 1).any():
+                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                               ("state", "=", "ALIVE")])
+                if workers:
+                    killed["at"] = time.time()
+                    os.kill(workers[-1].pid, signal.SIGKILL)  # a worker process of this test's own Ray
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_epoch_1, daemon=True)
+    killer.start()
+    _tune.run_sweep(spec, param_space={"method": "ft", "seed": 0}, verbose=0)
+    killer.join(5)
+    assert "at" in killed, "no worker was killed"
+    trials, history = results.read_results(spec.results)
+    assert len(trials) == 1 and trials.status.iloc[0] == "completed", trials[["status", "error"]]
+    val = history[history.split == "val"].sort_values("epoch")
+    assert list(val.epoch) == [1, 2, 3]
+    epoch1 = val[val.epoch == 1].iloc[0]
+    assert epoch1.reported_at < killed["at"]  # not re-trained (and re-reported) after the kill
+    assert (val[val.epoch > 1].reported_at > killed["at"]).any()
