@@ -91,16 +91,6 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, che
     check_lam(lam, a.shape[0], check=check)
 
 
-def _orthogonal_unit(a: torch.Tensor) -> torch.Tensor:
-    """A unit vector orthogonal to each (unit) row of ``a``: the basis vector ``e_k`` with the smallest
-    ``|a_k|`` minus its projection on ``a``. Its norm is ``sqrt(1 - a_k²) >= sqrt(1 - 1/d)``, so the division
-    is safe for ``d >= 2``."""
-    k = a.abs().argmin(dim=-1, keepdim=True)
-    e = torch.zeros_like(a).scatter_(-1, k, 1.0)
-    u = e - a.gather(-1, k) * a
-    return u / u.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-
-
 def geodesic_mix(
     a: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, *, check: bool = True
 ) -> torch.Tensor:
@@ -134,30 +124,40 @@ def geodesic_mix(
     if isinstance(lam_c, torch.Tensor):
         lam_c = lam_c.detach()
 
+    # Everything branch-specific is a per-row coefficient ([n, 1]); the [n, d] work is a handful of
+    # kernels (dot, norms, one combination, one scatter, the renormalisation) whatever the branch.
     # cos from the normalised dot product: robust to rows that are only approximately unit (fp16 input).
-    na = a32.norm(dim=-1, keepdim=True)
-    nb = b32.norm(dim=-1, keepdim=True)
-    cos = ((a32 * b32).sum(-1, keepdim=True) / (na * nb).clamp_min(_NORM_EPS)).clamp(-1.0, 1.0)
+    na = a32.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    nb = b32.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    cos = ((a32 * b32).sum(-1, keepdim=True) / (na * nb)).clamp(-1.0, 1.0)
     near = cos > _COS_SMALL
     anti = cos < _COS_ANTIPODAL
     regular = ~(near | anti)
 
-    # Slerp branch: acos and 1/sin θ see a safe dummy (cos = 0, θ = π/2) wherever this branch is unused.
+    # Slerp: acos and 1/sin θ see a safe dummy (cos = 0, θ = π/2) wherever this branch is unused.
     theta = torch.acos(torch.where(regular, cos, torch.zeros_like(cos)))
     sin_theta = torch.sin(theta)
-    slerp = (torch.sin(lam_c * theta) * a32 + torch.sin((1.0 - lam_c) * theta) * b32) / sin_theta
+    ca_slerp = torch.sin(lam_c * theta) / sin_theta
+    cb_slerp = torch.sin((1.0 - lam_c) * theta) / sin_theta
 
-    # Near-identical rows: the chord, which is within O(θ²) of the arc.
-    chord = lam_c * a32 + (1.0 - lam_c) * b32
-
-    # Antipodal rows: half a great circle from a (λ = 1) to -a (λ = 0) through u ⟂ a.
-    a_unit = a32 / na.clamp_min(_NORM_EPS)
+    # Antipodal: half a great circle from a (λ = 1) to -a (λ = 0) through u = (e_k - â_k·â)/r ⟂ â,
+    # â = a/|a|, k = argmin |â_k|, r = sqrt(1 - â_k²) >= sqrt(1 - 1/d) (safe for d >= 2). Written as
+    # coefficients on a and on e_k: cos φ·â + sin φ·u = (cos φ/|a| - sin φ·â_k/(r|a|))·a + (sin φ/r)·e_k.
+    k = a32.detach().abs().argmin(dim=-1, keepdim=True)
+    ak = a32.gather(-1, k) / na
+    r = torch.sqrt(1.0 - ak * ak)
     phi = (1.0 - lam_c) * math.pi
     if not isinstance(phi, torch.Tensor):
-        phi = torch.tensor(phi, device=a32.device)
-    antipodal = torch.cos(phi) * a_unit + torch.sin(phi) * _orthogonal_unit(a_unit.detach())
+        phi = torch.full_like(cos, phi)
+    ca_anti = (torch.cos(phi) - torch.sin(phi) * ak / r) / na
+    ce_anti = torch.sin(phi) / r
 
-    out = torch.where(near, chord, torch.where(anti, antipodal, slerp))
+    # Near-identical rows: the chord λa + (1-λ)b, within O(θ²) of the arc.
+    zero = torch.zeros_like(cos)
+    ca = torch.where(near, lam_c + zero, torch.where(anti, ca_anti, ca_slerp))
+    cb = torch.where(near, 1.0 - lam_c + zero, torch.where(anti, zero, cb_slerp))
+    ce = torch.where(anti, ce_anti, zero)
+    out = (ca * a32 + cb * b32).scatter_add(-1, k, ce)
     out = out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     return out.to(out_dtype)
 
@@ -179,10 +179,15 @@ def linear_mix(
     lam_c = _lam_column(lam, a32)
     if isinstance(lam_c, torch.Tensor):
         lam_c = lam_c.detach()
-    chord = lam_c * a32 + (1.0 - lam_c) * b32
-    norm = chord.norm(dim=-1, keepdim=True)
-    # A (near-)zero chord has no direction: fall back to a, so value and gradient stay finite.
-    degenerate = norm < 1e-6
-    safe = torch.where(degenerate, a32, chord) / torch.where(degenerate, torch.ones_like(norm), norm)
-    safe = safe / safe.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-    return safe.to(out_dtype)
+    # |λa + (1-λ)b|² from row Gram entries ([n, 1]); a (near-)zero chord has no direction, so those rows
+    # fall back to a and value and gradient stay finite.
+    aa = (a32 * a32).sum(-1, keepdim=True)
+    bb = (b32 * b32).sum(-1, keepdim=True)
+    ab = (a32 * b32).sum(-1, keepdim=True)
+    sq = lam_c * lam_c * aa + (1.0 - lam_c) ** 2 * bb + 2.0 * lam_c * (1.0 - lam_c) * ab
+    degenerate = sq < 1e-6  # chord shorter than 1e-3: its direction is mostly rounding error
+    zero = torch.zeros_like(ab)
+    ca = torch.where(degenerate, zero + 1.0, lam_c + zero)
+    cb = torch.where(degenerate, zero, 1.0 - lam_c + zero)
+    out = ca * a32 + cb * b32
+    return (out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)).to(out_dtype)

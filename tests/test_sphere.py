@@ -84,6 +84,9 @@ def test_finite_value_and_gradient_at_edge_cases(mix, case):
         torch.testing.assert_close(mix(a, b, 0.37), a, atol=1e-6, rtol=0)
     if case == "antipodal" and mix is geodesic_mix:
         torch.testing.assert_close(mix(a, b, 0.0), b, atol=1e-6, rtol=0)
+        # a point of a great half-circle from a to -a: at λ = ½ it is orthogonal to both
+        torch.testing.assert_close((mix(a, b, 0.5) * a).sum(-1), torch.zeros(5), atol=1e-6, rtol=0)
+        torch.testing.assert_close(_angle(a, mix(a, b, 0.75)).float(), torch.full((5,), math.pi / 4))
 
 
 def test_odd_batch_reverse_partner_fixed_point_returns_row():
