@@ -153,11 +153,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
-            f"model.pretrained={path!r} is invalid: allowed is a state_dict or {{'state_dict': ...}} of tensors"
+            f"model.pretrained={path!r} is invalid: allowed is a state_dict or {{'state_dict': ...}} "
+            "of tensors"
         )
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same keys, other shapes
+        raise ValueError(
+            f"model.pretrained={path!r} does not match the model ({str(e).splitlines()[-1].strip()}); "
+            "allowed is a checkpoint of the same architecture"
+        ) from e
     if missing or unexpected:
         raise ValueError(
             f"model.pretrained={path!r} does not match the model: missing keys {missing[:5]}"
@@ -198,7 +205,8 @@ def _embedded_base(
     if data_cfg is None or data_cfg.source != "shapes":
         raise ValueError(
             f"model.pretrained={EMBEDDED_BASE!r} is invalid with data.source="
-            f"{getattr(data_cfg, 'source', None)!r}: allowed only with the embedded data (data.source='shapes')"
+            f"{getattr(data_cfg, 'source', None)!r}: allowed only with the embedded data "
+            "(data.source='shapes')"
         )
     path = base_path(cfg, data_cfg)
     model, preprocess, tokenizer = _random_init(cfg, "cpu")
@@ -234,7 +242,9 @@ def _build_base(
     log.info("embedded base model: building %s (CLIP-only on styles %s)", path, list(data_cfg.base_styles))
     base_cfg = TrainConfig(
         method="base",
-        data=dataclasses.replace(data_cfg, styles=tuple(data_cfg.base_styles), train_size=cfg.base_train_size),
+        data=dataclasses.replace(
+            data_cfg, styles=tuple(data_cfg.base_styles), train_size=cfg.base_train_size
+        ),
         model=dataclasses.replace(cfg, pretrained=None),
         optim=OptimConfig(epochs=cfg.base_epochs, batch_size=cfg.base_batch_size, lr=cfg.base_lr),
         run=RunConfig(seed=data_cfg.seed, device="cpu", eval_every=0, out_dir=None, progress=False),

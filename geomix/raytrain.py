@@ -127,8 +127,8 @@ def fit(
         raise ValueError(f"num_workers={num_workers} is invalid: allowed is an integer >= 0")
     if num_workers > 1 and cfg.optim.batch_size % num_workers:
         raise ValueError(
-            f"optim.batch_size={cfg.optim.batch_size} is invalid with num_workers={num_workers}: allowed is a "
-            "multiple of the number of workers"
+            f"optim.batch_size={cfg.optim.batch_size} is invalid with num_workers={num_workers}: allowed "
+            "is a multiple of the number of workers"
         )
     # Workers may start in another working directory: make every local path absolute here.
     cfg_dict = to_dict(cfg)

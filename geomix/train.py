@@ -44,9 +44,10 @@ class Hooks(Protocol):
     """What :func:`run` tells its caller (Ray Train, a test) and asks it.
 
     ``report(metrics, checkpoint_dir)`` is called on rank 0 at every evaluation point, every
-    ``run.report_every`` steps, and once at the end (``done=True``); set ``all_ranks = True`` on the hooks
-    object to have every rank call it (Ray's report is a barrier). ``initial_checkpoint()`` returns a
-    checkpoint folder to resume from, or None. ``node_id()`` (optional) names the machine of this rank.
+    ``run.report_every`` steps, and once at the end (``done=True``); with ``all_ranks = True`` on the hooks
+    object the other ranks call it too, with ``({}, None)`` (Ray's report is a barrier).
+    ``initial_checkpoint()`` returns a checkpoint folder to resume from, or None. ``node_id()``
+    (optional) names the machine of this rank.
     """
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
@@ -102,7 +103,8 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
 def train_model(cfg: TrainConfig, model: nn.Module, preprocess: Callable, tokenizer: Callable) -> nn.Module:
     """Train ``model`` in place with the loop of :func:`run`, on one process, without evaluation or
     checkpoints (how :mod:`geomix.models` pre-trains the embedded base model)."""
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_every=0, out_dir=None, eval_start=False))
+    run_cfg = dataclasses.replace(cfg.run, eval_every=0, out_dir=None, eval_start=False)
+    cfg = dataclasses.replace(cfg, run=run_cfg)
     trainer = _Trainer(cfg, model, preprocess, tokenizer, device=torch.device("cpu"), rank=0, world=1,
                        hooks=None, evaluate=False)
     result = trainer.fit()
@@ -120,7 +122,7 @@ def _dist_context() -> tuple[int, int]:
 def _device(name: str, rank: int) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("run.device='cuda' is invalid here: allowed are 'auto' or 'cpu' (no CUDA device)")
+            raise ValueError("run.device='cuda' is invalid here: allowed 'auto' or 'cpu' (no CUDA device)")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -216,7 +218,8 @@ class _Trainer:
             self.loss_fn: nn.Module = losses.MixLoss(cfg.loss, cfg.mix, rank=rank, world_size=world,
                                                      generator_seed=cfg.run.seed)
         else:
-            self.loss_fn = losses.InputMixLoss(cfg.loss, rank=rank, world_size=world, generator_seed=cfg.run.seed)
+            self.loss_fn = losses.InputMixLoss(cfg.loss, rank=rank, world_size=world,
+                                               generator_seed=cfg.run.seed)
         self.loss_fn.to(device)
         self.autocast_dtype = _autocast_dtype(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
@@ -278,7 +281,7 @@ class _Trainer:
                         if self.step % cfg.run.log_every == 0:
                             bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
                     if cfg.run.report_every and self.step % cfg.run.report_every == 0:
-                        self._report(self._progress_metrics(epoch, reset=False), None)
+                        self._report(self._progress_metrics(epoch, reset=True), None)
                     if self.step >= self.total_steps:
                         break
                 self.train_time += time.perf_counter() - t0
@@ -349,7 +352,8 @@ class _Trainer:
         else:
             gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         if not torch.isfinite(gnorm) and self.scaler is None:
-            raise _Diverged(f"gradient norm is non-finite ({float(gnorm)}) at step {self.step} (epoch {epoch})")
+            raise _Diverged(f"gradient norm is non-finite ({float(gnorm)}) at step {self.step} "
+                            f"(epoch {epoch})")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -433,7 +437,9 @@ class _Trainer:
         out: dict[str, float] = {}
         if self.rank == 0:
             emb, ev = self._embed(split)
-            scale = self.fixed_scale if self.fixed_scale is not None else float(self.model.logit_scale.detach().exp())
+            scale = self.fixed_scale
+            if scale is None:
+                scale = float(self.model.logit_scale.detach().exp())
             res = metrics.evaluate_embeddings(
                 emb["img"], emb["txt"], ev.txt_to_img, scale=scale, class_txt=emb["class_txt"],
                 labels=ev.labels,
@@ -463,8 +469,10 @@ class _Trainer:
     def _report(self, metrics_: dict[str, Any], checkpoint_dir: str | None) -> None:
         if self.hooks is None:
             return
-        if self.rank == 0 or getattr(self.hooks, "all_ranks", False):
-            self.hooks.report(metrics_, checkpoint_dir if self.rank == 0 else None)
+        if self.rank == 0:
+            self.hooks.report(metrics_, checkpoint_dir)
+        elif getattr(self.hooks, "all_ranks", False):
+            self.hooks.report({}, None)  # only rank 0 reports content; the others just meet the barrier
 
     def _node_ids(self) -> str | None:
         node_id = getattr(self.hooks, "node_id", None)

@@ -1,0 +1,175 @@
+"""geomix.train: the loop on a micro model and a few dozen embedded samples (CPU, one thread)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from geomix import models, train
+from geomix.config import build_config
+
+SMALL = [
+    "model.name=geomix-micro",
+    "model.pretrained=null",
+    "data.train_size=64",
+    "data.val_size=16",
+    "data.test_size=16",
+    "optim.batch_size=32",
+    "optim.epochs=2",
+    "optim.lr=0.002",
+    "run.progress=false",
+    "run.threads=1",
+]
+ALL_TERMS = ["loss.w_m2=0.2", "loss.w_v=0.2", "loss.w_l=0.2", "loss.w_vl=0.2"]
+
+
+class Recorder:
+    """Hooks that keep every report (and can stop the run after a given one, like a crash)."""
+
+    def __init__(self, crash_after_checkpoints: int | None = None):
+        self.reports: list[dict] = []
+        self.checkpoints: list[str] = []
+        self.crash_after = crash_after_checkpoints
+
+    def report(self, metrics, checkpoint_dir):
+        self.reports.append(dict(metrics))
+        if checkpoint_dir:
+            self.checkpoints.append(checkpoint_dir)
+            if self.crash_after is not None and len(self.checkpoints) >= self.crash_after:
+                raise KeyboardInterrupt("simulated crash after a checkpoint")
+
+    def initial_checkpoint(self):
+        return None
+
+
+def _cfg(*overrides: str):
+    return build_config({}, SMALL + list(overrides))
+
+
+def _steps(rec: Recorder) -> list[dict]:
+    return [r for r in rec.reports if "val_r1_i2t" not in r and not r.get("done")]
+
+
+def test_training_decreases_the_loss():
+    rec = Recorder()
+    # One batch of 32 pairs, 30 steps: a random-init CLIP first sits near ln(32) = 3.47, then memorises.
+    cfg = _cfg("data.train_size=32", "optim.epochs=30", "optim.lr=0.001", "optim.warmup_frac=0",
+               "run.report_every=1", "run.eval_every=0")
+    result = train.run(cfg, hooks=rec)
+    assert result["status"] == "completed" and result["steps"] == 30
+    losses = [r["train_loss"] for r in _steps(rec)]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    assert np.mean(losses[-5:]) < math.log(32) - 0.2
+    final = rec.reports[-1]
+    assert final["done"] is True and final["status"] == "completed" and "test_r1_i2t" in final
+    assert result["samples_seen"] == 30 * 32 and result["samples_per_s"] > 0
+
+
+def test_learnable_tau_moves_and_is_clamped_fixed_tau_stays():
+    rec = Recorder()
+    # init scale 1/0.07 = 14.3 and a ceiling of 15 with a large lr: the clamp must hold every step.
+    train.run(_cfg("run.report_every=1", "model.max_logit_scale=15", "optim.lr=0.05", "optim.warmup_frac=0"),
+              hooks=rec)
+    scales = [r["logit_scale"] for r in _steps(rec)]
+    assert max(scales) <= 15.0 + 1e-4 and len(set(scales)) > 1
+
+    rec = Recorder()
+    result = train.run(_cfg("run.report_every=1", "loss.tau=0.05"), hooks=rec)
+    assert result["status"] == "completed"
+    assert all(abs(r["logit_scale"] - 20.0) < 1e-3 for r in _steps(rec))
+
+
+@pytest.mark.parametrize(
+    "overrides,terms",
+    [
+        (ALL_TERMS, {"loss_clip", "loss_m2", "loss_v", "loss_l", "loss_vl", "lam_m2", "lam_vl"}),
+        (ALL_TERMS + ["mix.geometry=linear", "mix.partner=random", "loss.decay=inverse_epoch"], {"loss_vl"}),
+        (["loss.kind=imix"], {"loss_imix", "lam_imix"}),
+        (["loss.kind=unmix"], {"loss_clip", "loss_unmix", "lam_unmix"}),
+    ],
+    ids=["m3", "m3-linear-random", "imix", "unmix"],
+)
+def test_every_loss_kind_trains(overrides, terms):
+    rec = Recorder()
+    result = train.run(_cfg(*overrides), hooks=rec)
+    assert result["status"] == "completed", result["error"]
+    assert terms <= set(rec.reports[0])
+    assert all(math.isfinite(rec.reports[0][k]) for k in terms)
+    assert 0 <= result["test_r1_i2t"] <= 100 and math.isfinite(result["test_rsum"])
+    assert {"val_r1_i2t", "val_gap", "val_ece", "val_zs_acc"} <= set(rec.reports[0])
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = _cfg("optim.epochs=3", "loss.w_m2=0.3", "loss.w_vl=0.3", "mix.vl.policy=progressive",
+               "run.save_embeddings=true")
+    full = train.run(cfg.__class__(**{**cfg.__dict__, "run": cfg.run.__class__(
+        **{**cfg.run.__dict__, "out_dir": str(tmp_path / "full")})}))
+
+    interrupted = cfg.__class__(**{**cfg.__dict__, "run": cfg.run.__class__(
+        **{**cfg.run.__dict__, "out_dir": str(tmp_path / "resumed")})})
+    with pytest.raises(KeyboardInterrupt):
+        train.run(interrupted, hooks=Recorder(crash_after_checkpoints=1))
+    assert len(list((tmp_path / "resumed" / "checkpoints").glob("ckpt-*"))) == 1
+    resumed = train.run(interrupted)
+
+    assert full["status"] == resumed["status"] == "completed"
+    assert full["steps"] == resumed["steps"] == 6 and resumed["samples_seen"] == full["samples_seen"]
+    test_keys = [k for k in full if k.startswith("test_")]
+    assert len(test_keys) >= 10
+    assert {k: full[k] for k in test_keys} == {k: resumed[k] for k in test_keys}
+    a = np.load(tmp_path / "full" / "embeddings_test.npz")
+    b = np.load(tmp_path / "resumed" / "embeddings_test.npz")
+    assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["txt"], b["txt"])
+    assert a["img"].shape == (16, 64) and a["txt_to_img"].shape == (a["txt"].shape[0],)
+
+
+def test_divergence_stops_the_run_and_names_the_term():
+    # τ = 1e-40: the scale overflows float32, the CLIP logits are non-finite at the first step.
+    rec = Recorder()
+    result = train.run(_cfg("loss.tau=1.0e-40"), hooks=rec)
+    assert result["status"] == "diverged"
+    assert "'clip'" in result["error"] and "step 0" in result["error"]
+    assert result["steps"] == 0 and not any(k.startswith("test_") for k in result)
+    assert rec.reports[-1]["status"] == "diverged" and rec.reports[-1]["done"] is True
+
+    # An absurd learning rate: finite at first, then a term blows up later; the step is named.
+    result = train.run(
+        _cfg("optim.lr=1.0e+30", "optim.warmup_frac=0", "optim.grad_clip=null", "optim.epochs=4")
+    )
+    assert result["status"] == "diverged" and "non-finite" in result["error"]
+    assert 0 < result["steps"] < 8
+
+
+def test_zero_shot_evaluates_the_starting_model_only():
+    rec = Recorder()
+    zs = train.run(_cfg("method=zs"), hooks=rec)
+    assert zs["status"] == "completed" and zs["steps"] == 0 and zs["samples_seen"] == 0
+    start = train.run(_cfg("optim.max_steps=1", "run.eval_start=true"))
+    # Same seed, same init: the zero-shot test metrics equal the fine-tune's starting point.
+    assert zs["test_r1_i2t"] == start["start_test_r1_i2t"] and zs["test_gap"] == start["start_test_gap"]
+    assert len(rec.reports) == 1 and rec.reports[0]["done"] is True
+
+
+def test_bad_inputs_fail_before_training():
+    with pytest.raises(ValueError, match="optim.batch_size=128 is invalid"):
+        train.run(_cfg("optim.batch_size=128"))
+    with pytest.raises(ValueError, match="run.precision='bf16' is invalid on the CPU"):
+        train.run(_cfg("run.precision=bf16", "run.device=cpu"))
+
+
+def test_cli_prints_base_and_fine_tuned(tmp_path, capsys):
+    base = [
+        "model.pretrained=embedded-base", f"model.cache_dir={tmp_path / 'cache'}", "model.base_epochs=2",
+        "model.base_train_size=64", "model.base_batch_size=32",
+    ]
+    code = train.main(SMALL + base + [f"run.out_dir={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "test R@1 i->t: base" in out and "-> fine-tuned" in out
+    assert "r1_i2t" in out and "status=completed" in out
+    assert models.base_path(build_config({}, SMALL + base).model, build_config({}, SMALL).data).is_file()
+    assert (tmp_path / "out" / "result.json").is_file()
+    assert train.main(["optim.lr=-1"]) == 2
