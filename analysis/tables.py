@@ -897,7 +897,10 @@ def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike[str], fmt: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python analysis/tables.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python analysis/tables.py",
+        description="The paper's tables (Markdown, LaTeX or CSV) and figures from geomix result folders.",
+    )
     p.add_argument("results", nargs="+", help="result folders or URIs (with trials.parquet, or sweep roots)")
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     p.add_argument("--out", help="also write one file per table (and figures) into this folder")
