@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rows(folder: Path, table: str = "trials"):
-    if not (folder / f"{table}.parquet").is_file():
-        return None
-    trials, history = results.read_results(str(folder))
-    return trials if table == "trials" else history
+    """The table as it is on disk now (None before its first write); written atomically, so never torn."""
+    import pandas as pd
+
+    path = folder / f"{table}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
 
 
 @pytest.mark.slow
