@@ -304,3 +304,25 @@ def test_skip_bad_skips_and_counts(exported, tmp_path, caplog):
     assert ds.captions_text[:5] == ref.captions(1)  # image 0 was skipped, image 1 comes first
     ev = build_eval_set(_json_cfg(d, skip_bad=True), "test", None, _tok)
     assert ev.n_skipped == 0 and len(ev.images) == 6
+
+
+def test_export_cli_single_split(tmp_path, capsys):
+    from geomix.data.export import main
+
+    assert main(["--out", str(tmp_path), "--size", "3", "--split", "test", "--styles", "outline",
+                 "--image-size", "48", "--captions-per-image", "6"]) == 0
+    assert "test.csv" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset_karpathy.json", "images", "test.csv"]
+    meta = json.loads((tmp_path / "dataset_karpathy.json").read_text())
+    assert [m["split"] for m in meta["images"]] == ["test"] * 3
+    assert all(len(m["sentences"]) == 6 and m["style"] == "outline" for m in meta["images"])
+    rows = (tmp_path / "test.csv").read_text().splitlines()
+    assert rows[0] == "filepath\ttitle" and len(rows) == 1 + 3 * 6
+    from PIL import Image
+
+    assert Image.open(tmp_path / "images" / "test" / "000002.png").size == (48, 48)
+    with pytest.raises(ValueError, match="image_size=8"):
+        main(["--out", str(tmp_path / "x"), "--image-size", "8"])
+    assert not (tmp_path / "x").exists()  # arguments are checked before anything is written
+    with pytest.raises(IndexError):
+        ShapesData("test", 3, ("flat",)).image(3)
