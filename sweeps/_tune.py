@@ -79,7 +79,6 @@ class SweepSpec:
         max_failures: retries of a trial's worker group (Train) or of the trial (Tune) after a crash.
         controller_failure_limit: Train controller retries; finite so a scheduling bug fails, not hangs.
         run_fn: in-process trial function, ``run(cfg, hooks=...) -> dict``; None = ``geomix.train.run``.
-        fit_fn: Ray Train trial function with ``geomix.raytrain.fit``'s signature; None = that one.
     """
 
     name: str
@@ -93,7 +92,6 @@ class SweepSpec:
     max_failures: int = 1
     controller_failure_limit: int = 2
     run_fn: Callable[..., Mapping[str, Any]] | None = None
-    fit_fn: Callable[..., Any] | None = None
 
     def validate(self) -> SweepSpec:
         if not self.name or any(c in self.name for c in "/\\ "):
@@ -308,8 +306,8 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
         summary["node_ids"] = summary.get("node_ids") or ray.get_runtime_context().get_node_id()
         summary["num_workers"] = 0  # in-process: no Ray Train worker group
     else:
-        fit_fn = spec.fit_fn or importlib.import_module("geomix.raytrain").fit
-        result = fit_fn(
+        raytrain = importlib.import_module("geomix.raytrain")
+        result = raytrain.fit(
             cfg,
             num_workers=spec.num_workers,
             use_gpu=spec.gpus_per_worker > 0,

@@ -130,63 +130,13 @@ def standin_run(cfg, *, hooks=None):
     return result
 
 
-def _standin_worker_loop(config):
-    import dataclasses
-    import tempfile
-
-    import ray
-    import ray.train
-
-    from geomix import config as C
-
-    cfg = C.from_dict(C.TrainConfig, config["cfg"])
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=tempfile.mkdtemp()))
-
-    class Hooks:
-        all_ranks = True  # ray.train.report is a barrier: every rank reports
-
-        def report(self, metrics, checkpoint_dir):
-            ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            ray.train.report(metrics, checkpoint=ckpt)
-
-        def initial_checkpoint(self):
-            ckpt = ray.train.get_checkpoint()
-            return ckpt.to_directory() if ckpt else None
-
-        def node_id(self):
-            return ray.get_runtime_context().get_node_id()
-
-    return standin_run(cfg, hooks=Hooks())
-
-
-def standin_fit(cfg, *, num_workers, use_gpu, storage_path, name, callbacks=(), max_failures=0,
-                controller_failure_limit=2):
-    """geomix.raytrain.fit's signature over the stand-in loop: a TorchTrainer (gloo) with N workers."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from geomix import config as C
-
-    trainer = TorchTrainer(
-        _standin_worker_loop,
-        train_loop_config={"cfg": C.to_dict(cfg)},
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures,
-                                                   controller_failure_limit=controller_failure_limit),
-        ),
-    )
-    return trainer.fit()
-
-
 @pytest.fixture
 def standin():
     """The stand-in trial functions, shipped to Ray workers by value (tests/ is not on their sys.path)."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return {"run_fn": standin_run, "fit_fn": standin_fit}
+    return {"run_fn": standin_run}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,9 +31,18 @@ def _rows(folder: Path, table: str = "trials"):
 
 @pytest.mark.slow
 def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
+    """A small ablation through its command line, killed with SIGKILL once a trial is done and re-run:
+    one Parquet row per trial (none lost or doubled), the expected statuses (a diverging row is recorded
+    as diverged and the sweep goes on), history for every trial."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "name: killed\nseeds: [0]\nmethods:\n  zs: {}\n  ft: {}\n  ft_tau0.05: {loss.tau: 0.05}\n"
+        "  m3_mix: {loss.w_m2: 0.05, loss.w_vl: 0.1, optim.lr: 1.0e+30, optim.warmup_frac: 0,"
+        " optim.grad_clip: null}\n"
+    )
     res = tmp_path / "res"
-    cmd = [sys.executable, str(ROOT / "sweeps" / "ablation.py"), "--smoke-test", "--methods", "zs,ft",
-           "--seeds", "0,1", "--max-concurrent", "1", "--results", str(res), *tiny_overrides]
+    cmd = [sys.executable, str(ROOT / "sweeps" / "ablation.py"), "--config", str(sweep),
+           "--max-concurrent", "1", "--results", str(res), *tiny_overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Own session: after the SIGKILL, the Ray processes this driver started can be ended by group id.
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
@@ -62,11 +71,19 @@ def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming sweep" in second.stderr
-    trials = _rows(res)
-    assert len(trials) == 4 and trials["trial_id"].is_unique  # 2 methods x 2 seeds: none lost or doubled
+    trials, history = results.read_results(str(res))
+    assert len(trials) == 4 and trials["trial_id"].is_unique  # none lost or doubled
     assert done_before <= set(trials.trial_id)
-    assert sorted(zip(trials.method, trials.seed)) == [("ft", 0), ("ft", 1), ("zs", 0), ("zs", 1)]
-    assert (trials.status == "completed").all()
+    status = dict(zip(trials.method, trials.status))
+    assert status == {"zs": "completed", "ft": "completed", "ft_tau0.05": "completed", "m3_mix": "diverged"}
+    assert trials.loc[trials.method == "m3_mix", "error"].str.contains("non-finite").all()
+    ok = trials[trials.status == "completed"]
+    assert ok["rsum"].notna().all() and ok["node_ids"].notna().all()
+    assert (trials.loc[trials.method == "ft_tau0.05", "loss.tau"] == 0.05).all()
+    for col in ("version.ray", "version.torch", "version.open_clip", "git_commit", "sweep", "wall_s"):
+        assert col in trials.columns
+    assert set(history.trial_id) >= set(ok.trial_id) and {"val", "test"} <= set(history.split)
+    assert (res / "config.yaml").is_file()
 
 
 @pytest.mark.slow

@@ -75,3 +75,23 @@ def test_asha_optuna_search_finishes_and_prunes(local_ray, standin, tmp_path):
     stopped = trials[trials.status == "early_stopped"]
     assert (stopped["epoch"] < 4).all()
     assert set(history["trial_id"]) == set(trials["trial_id"])
+
+
+@pytest.mark.slow
+def test_search_smoke_through_its_command_line(tiny_overrides, tmp_path):
+    """search.py --smoke-test with real (tiny) trials: it ends, one row per sample, and the Optuna study in
+    <results>/optuna.db agrees with the Parquet statuses (ASHA-stopped = PRUNED, completed = COMPLETE)."""
+    res = tmp_path / "res"
+    assert search.main(["--smoke-test", "--num-samples", "3", "--results", str(res), *tiny_overrides,
+                        "optim.epochs=3"]) == 0
+    trials, history = results.read_results(str(res))
+    assert len(trials) == 3 and trials.trial_id.is_unique and (trials.method == "search").all()
+    assert set(trials.status) <= {"completed", "early_stopped", "diverged"}
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{res / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    counts = trials.status.value_counts().to_dict()
+    assert states.count(optuna.trial.TrialState.PRUNED) == counts.get("early_stopped", 0)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == counts.get("completed", 0)
+    # the sampled config is in the row: a term that is off has weight 0
+    assert trials["overrides"].str.contains("loss.w_m2").all()
+    assert set(history.trial_id) == set(trials.trial_id)
