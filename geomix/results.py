@@ -127,6 +127,16 @@ def _local_lock(filesystem: Any, folder: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _replace(filesystem: Any, tmp: str, path: str) -> None:
+    """Put the finished ``tmp`` at ``path``: a rename on local disks and HDFS; on an object store, where a
+    file system may not implement move, a server-side copy (an object appears whole or not at all)."""
+    try:
+        filesystem.move(tmp, path)
+    except NotImplementedError:  # pyarrow's ArrowNotImplementedError subclasses it
+        filesystem.copy_file(tmp, path)
+        filesystem.delete_file(tmp)
+
+
 def _write_table_atomic(filesystem: Any, path: str, table: Any) -> None:
     """Write to a temp file beside ``path``, then rename over it: readers see the old or the new file."""
     import pyarrow.parquet as pq
@@ -136,8 +146,7 @@ def _write_table_atomic(filesystem: Any, path: str, table: Any) -> None:
     try:
         with filesystem.open_output_stream(tmp) as sink:
             pq.write_table(table, sink)
-        # A rename on local disks and HDFS; copy + delete on object stores, where the final PUT is atomic.
-        filesystem.move(tmp, path)
+        _replace(filesystem, tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
             filesystem.delete_file(tmp)
@@ -182,8 +191,11 @@ def _to_arrow(df: pd.DataFrame) -> Any:
         try:
             pa.array(df[col], from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
-                                  else str(v)).astype(pd.StringDtype())
+            df[col] = (
+                df[col]
+                .map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                .astype(pd.StringDtype())
+            )
     return pa.Table.from_pandas(df, preserve_index=False)
 
 
@@ -281,7 +293,7 @@ def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[
     try:
         with filesystem.open_output_stream(tmp) as sink:
             sink.write(pa.py_buffer(data))
-        filesystem.move(tmp, path)
+        _replace(filesystem, tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
             filesystem.delete_file(tmp)
@@ -361,7 +373,7 @@ def trial_row(
     row["seed"] = run.get("seed", config.get("run.seed"))
     for key, value in result.items():
         if key.startswith("test_"):
-            row[key[len("test_"):]] = value
+            row[key[len("test_") :]] = value
         elif key not in ("status", "error", "done"):
             row[key] = value
     row["status"] = status or result.get("status") or "completed"
@@ -443,12 +455,16 @@ def read_results(*folders: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Dat
     for folder_arg in folders:
         filesystem, folder = _resolve(folder_arg)
         if not _exists(filesystem, folder, "dir"):
-            raise ValueError(f"results folder {os.fspath(folder_arg)!r} does not exist: allowed is a folder "
-                             "written by geomix.results.write_rows")
+            raise ValueError(
+                f"results folder {os.fspath(folder_arg)!r} does not exist: allowed is a folder "
+                "written by geomix.results.write_rows"
+            )
         found = _folders_with_results(filesystem, folder)
         if not found:
-            raise ValueError(f"results folder {os.fspath(folder_arg)!r} has no trials.parquet (nor do its "
-                             "sub-folders): allowed is a folder written by geomix.results.write_rows")
+            raise ValueError(
+                f"results folder {os.fspath(folder_arg)!r} has no trials.parquet (nor do its "
+                "sub-folders): allowed is a folder written by geomix.results.write_rows"
+            )
         for sub in found:
             path = f"{sub}/trials.parquet"
             trials = pq.read_table(path, filesystem=filesystem).to_pandas()

@@ -12,8 +12,15 @@ from geomix import results as R
 
 
 def _trial(tid, method="ft", seed=0, status="completed", rsum=100.0, **extra):
-    return {"sweep": "s", "trial_id": tid, "method": method, "seed": seed, "status": status, "rsum": rsum,
-            **extra}
+    return {
+        "sweep": "s",
+        "trial_id": tid,
+        "method": method,
+        "seed": seed,
+        "status": status,
+        "rsum": rsum,
+        **extra,
+    }
 
 
 def test_constants_match_the_contract():
@@ -40,12 +47,19 @@ def test_merge_by_key_last_write_wins(tmp_path):
 
 
 def test_history_key_is_trial_step_split(tmp_path):
-    rows = [{"trial_id": "a", "step": s, "split": "val", "epoch": s // 10, "rsum": float(s)}
-            for s in (10, 20)]
+    rows = [
+        {"trial_id": "a", "step": s, "split": "val", "epoch": s // 10, "rsum": float(s)} for s in (10, 20)
+    ]
     R.write_rows(tmp_path, "trials", [_trial("a")])
     R.write_rows(tmp_path, "history", rows)
-    R.write_rows(tmp_path, "history", [{"trial_id": "a", "step": 20, "split": "val", "rsum": 99.0},
-                                       {"trial_id": "a", "step": 20, "split": "test", "rsum": 7.0}])
+    R.write_rows(
+        tmp_path,
+        "history",
+        [
+            {"trial_id": "a", "step": 20, "split": "val", "rsum": 99.0},
+            {"trial_id": "a", "step": 20, "split": "test", "rsum": 7.0},
+        ],
+    )
     _, history = R.read_results(tmp_path)
     assert len(history) == 3
     val20 = history[(history["step"] == 20) & (history["split"] == "val")]
@@ -136,16 +150,34 @@ def test_several_folders_and_sweep_root(tmp_path):
 
 
 def test_trial_row_and_history_rows_shape():
-    cfg = {"method": "m3_mix", "run": {"seed": 3}, "loss": {"w_vl": 0.1, "tau": None},
-           "data": {"styles": ["dark"]}}
-    row = R.trial_row(sweep="s", trial_id="t1", config=cfg,
-                      result={"status": "diverged", "error": "nan", "test_rsum": 12.5, "steps": 7},
-                      env={"git_commit": "abc"})
+    cfg = {
+        "method": "m3_mix",
+        "run": {"seed": 3},
+        "loss": {"w_vl": 0.1, "tau": None},
+        "data": {"styles": ["dark"]},
+    }
+    row = R.trial_row(
+        sweep="s",
+        trial_id="t1",
+        config=cfg,
+        result={"status": "diverged", "error": "nan", "test_rsum": 12.5, "steps": 7},
+        env={"git_commit": "abc"},
+    )
     assert row["method"] == "m3_mix" and row["seed"] == 3 and row["loss.w_vl"] == 0.1
     assert row["rsum"] == 12.5 and "test_rsum" not in row and row["status"] == "diverged"
     assert row["data.styles"] == '["dark"]' and row["git_commit"] == "abc"
-    rows = R.history_rows("t1", {"epoch": 1, "step": 10, "train_loss": 2.0, "lam_m2": 0.3,
-                                 "val_rsum": 50.0, "test_rsum": 40.0, "done": True})
+    rows = R.history_rows(
+        "t1",
+        {
+            "epoch": 1,
+            "step": 10,
+            "train_loss": 2.0,
+            "lam_m2": 0.3,
+            "val_rsum": 50.0,
+            "test_rsum": 40.0,
+            "done": True,
+        },
+    )
     by = {r["split"]: r for r in rows}
     assert by["val"]["rsum"] == 50.0 and by["test"]["rsum"] == 40.0 and by["val"]["lam_m2"] == 0.3
     assert R.history_rows("t1", {"step": 3, "train_loss": 1.0})[0]["split"] == "train"
@@ -160,3 +192,32 @@ def test_resolved_config_round_trip(tmp_path):
 def test_import_geomix_results_does_not_import_pandas():
     code = "import sys, geomix.results; assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _NoMoveFS:
+    """A file system without move (as some object stores): writes must fall back to copy + delete."""
+
+    def __init__(self):
+        from pyarrow import fs
+
+        self._fs = fs.LocalFileSystem()
+        self.copied = []
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def move(self, src, dest):
+        raise NotImplementedError("move")
+
+    def copy_file(self, src, dest):
+        self.copied.append(dest)
+        self._fs.copy_file(src, dest)
+
+
+def test_atomic_write_falls_back_to_copy_without_move(tmp_path):
+    fake = _NoMoveFS()
+    path = f"{tmp_path}/trials.parquet"
+    R._write_table_atomic(fake, path, pa.table({"trial_id": ["a"], "schema_version": [1]}))
+    assert fake.copied == [path]
+    assert pq.read_table(path).column("trial_id").to_pylist() == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # the temp file is gone
