@@ -20,14 +20,28 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `sweeps` beside `geomix` in a checkout
+
+def _checkout() -> Path:
+    """The checkout holding ``sweeps/``: this file's parent folder, or, when the script was copied
+    elsewhere (``ray submit`` copies it to the head node's home), the checkout of the installed ``geomix``
+    (``pip install -e``)."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "sweeps" / "_tune.py").is_file():
+        return here
+    import geomix
+
+    return Path(geomix.__file__).resolve().parent.parent
+
+
+ROOT = _checkout()
+sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
 
 from geomix import config as C  # noqa: E402
 from geomix.results import read_results, save_resolved_config  # noqa: E402
 from sweeps import _tune  # noqa: E402
 
 log = logging.getLogger("sweeps.search")
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "search.yaml"
+DEFAULT_CONFIG = ROOT / "sweeps" / "configs" / "search.yaml"
 TERMS = ("m2", "v", "l", "vl")
 DEFAULTS: dict[str, Any] = {
     "num_samples": 16, "seed": 0, "trial_seed": 0, "grace_period": 1, "reduction_factor": 2,
@@ -160,4 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:  # a bad config or argument: one clear line, before anything started
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
