@@ -230,8 +230,8 @@ class ModelConfig:
     name: str = "geomix-tiny"
     pretrained: str | None = "embedded-base"
     cache_dir: str = ".cache/geomix"
-    base_epochs: int = 20
-    base_lr: float = 2e-3
+    base_epochs: int = 8
+    base_lr: float = 1e-3
     base_train_size: int = 4096
     base_batch_size: int = 128
     init_tau: float = 0.07

@@ -229,6 +229,7 @@ class _Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self._eval_cache: dict[str, _EvalData] = {}
+        self._pending: tuple[dict[str, Any], str | None] | None = None
 
     # ---- the trial ----------------------------------------------------------------------------------------
 
@@ -257,11 +258,23 @@ class _Trainer:
             node_ids=self._node_ids(),
         )
         if self.do_eval:
-            final = {"epoch": self.step // max(self.steps_per_epoch, 1), "step": self.step,
-                     "samples_seen": self.samples_seen, "done": True}
-            final.update(result)
-            self._report(final, None)
+            self._report_final(result)
         return result
+
+    def _report_final(self, result: dict[str, Any]) -> None:
+        """One last report: the last evaluation point's metrics, the test metrics, ``status`` and
+        ``done=True``, with a checkpoint where there are files (Ray's ``Result.metrics`` are those of the
+        last reported checkpoint). A diverged run points at its last good checkpoint, if any."""
+        final, ckpt = self._pending or ({}, None)
+        if ckpt is None and self.cfg.run.out_dir and self.rank == 0:
+            if result["status"] == "completed":
+                ckpt = self._save_checkpoint(self.step // max(self.steps_per_epoch, 1))
+            else:
+                found = sorted((Path(self.cfg.run.out_dir) / "checkpoints").glob(f"{_CKPT_PREFIX}*"))
+                ckpt = str(found[-1]) if found else None
+        final = {**final, "epoch": self.step // max(self.steps_per_epoch, 1), "step": self.step,
+                 "samples_seen": self.samples_seen, "done": True, **result}
+        self._report(final, ckpt)
 
     def _train(self) -> None:
         cfg = self.cfg
@@ -303,7 +316,10 @@ class _Trainer:
         if evaluate:
             metrics_.update(self._evaluate("val", prefix="val_"))
         ckpt_dir = self._save_checkpoint(epoch_done) if checkpoint else None
-        self._report(metrics_, ckpt_dir)
+        if last:  # the final report carries it, with the test metrics (Ray keeps a checkpoint's metrics)
+            self._pending = (metrics_, ckpt_dir)
+        else:
+            self._report(metrics_, ckpt_dir)
 
     # ---- one step -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,224 @@
+"""Training throughput, side by side in one run on the same model, data and batch.
+
+1. geomix's loop: CLIP-only (``ft``) vs m³-Mix (all four mix terms), interleaved repeats, median
+   per-step samples/s (target: m³ costs <= 10 % more per step on the CPU tiny model at batch 256).
+2. geomix's loop vs open_clip's own training loop (``python -m open_clip_train.main``, shipped in the
+   open_clip wheel) on the same CSV export of the embedded data (``python -m geomix.data.export``), same
+   model, batch, precision and optimiser (target: geomix >= 1.0x).
+
+Per-step throughput is the median over steps after the first (warm-up) of batch / step time, data loading
+included, for both loops (open_clip prints exactly that per step with ``--log-every-n-steps 1``).
+
+Usage::
+
+    python benchmarks/train_throughput.py [--batch 256] [--steps 6] [--repeats 3] [--model geomix-tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from geomix import train
+from geomix.config import build_config
+
+M3 = ["loss.w_m2=0.1", "loss.w_v=0.05", "loss.w_l=0.05", "loss.w_vl=0.1"]
+
+
+class _StepClock:
+    """Hooks that time every optimisation step (``run.report_every=1``)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.steps: list[int] = []
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if "step" in metrics and not metrics.get("done") and "val_r1_i2t" not in metrics:
+            self.times.append(time.perf_counter())
+            self.steps.append(metrics["step"])
+
+    def initial_checkpoint(self) -> None:
+        return None
+
+
+def _geomix_rate(overrides: list[str], batch: int, steps: int, model: str) -> float:
+    """Median samples/s per step of one geomix run (steps after the first)."""
+    cfg = build_config(
+        {},
+        [
+            f"model.name={model}",
+            "model.pretrained=null",
+            f"optim.batch_size={batch}",
+            f"optim.max_steps={steps}",
+            "optim.epochs=1",
+            "run.eval_every=0",
+            "run.report_every=1",
+            "run.progress=false",
+            "data.val_size=16",
+            "data.test_size=16",
+            f"data.train_size={batch * steps}",
+        ]
+        + overrides,
+    )
+    clock = _StepClock()
+    result = train.run(cfg, hooks=clock)
+    if result["status"] != "completed":
+        raise RuntimeError(f"benchmark run failed: {result['error']}")
+    dts = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    return statistics.median(batch / dt for dt in dts)
+
+
+def _open_clip_rate(csv: Path, batch: int, steps: int, model: str, logs: Path) -> float:
+    """Median samples/s per step that open_clip_train prints (steps after the first)."""
+    code = (
+        "import sys, geomix.models as m; m.register_tiny_configs(); from open_clip_train.main import main; "
+        "main(sys.argv[1:])"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "--train-data",
+        str(csv),
+        "--dataset-type",
+        "csv",
+        "--csv-separator",
+        "\t",
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "title",
+        "--model",
+        model,
+        "--batch-size",
+        str(batch),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "5e-4",
+        "--wd",
+        "0.2",
+        "--warmup",
+        "1",
+        "--precision",
+        "fp32",
+        "--logs",
+        str(logs),
+        "--name",
+        "bench",
+        "--log-every-n-steps",
+        "1",
+        "--save-frequency",
+        "0",
+        "--val-frequency",
+        "0",
+        "--zeroshot-frequency",
+        "0",
+        "--report-to",
+        "",
+        "--seed",
+        "0",
+        "--train-num-samples",
+        str(batch * steps),
+    ]
+    # open_clip's CsvDataset opens paths as written; the export's are relative to the CSV's folder.
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=csv.parent)
+    text = out.stdout + out.stderr
+    rates = [float(r) for r in re.findall(r"Batch \(t\): [0-9.]+, ([0-9.]+)/s,", text)]
+    if out.returncode != 0 or len(rates) < 2:
+        raise RuntimeError(f"open_clip_train failed (rc={out.returncode}):\n{text[-3000:]}")
+    return statistics.median(rates[1 : steps + 1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6, help="optimisation steps per run (first one not timed)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every configuration")
+    p.add_argument("--model", default="geomix-tiny")
+    p.add_argument("--skip-open-clip", action="store_true")
+    args = p.parse_args(argv)
+
+    rates: dict[str, list[float]] = {"clip": [], "m3": [], "geomix_csv": [], "open_clip_csv": []}
+    with tempfile.TemporaryDirectory(prefix="geomix-bench-") as tmp:
+        export = Path(tmp) / "export"
+        if not args.skip_open_clip:
+            # open_clip trains on every CSV row (one caption per row), geomix on one caption per image per
+            # epoch: export enough images that neither loop runs out of rows in `steps` steps.
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "geomix.data.export",
+                    "--out",
+                    str(export),
+                    "--size",
+                    str(args.batch * args.steps),
+                    "--styles",
+                    "dark",
+                    "--split",
+                    "train",
+                    "--split",
+                    "val",
+                    "--split",
+                    "test",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        csv = [
+            "data.source=csv",
+            f"data.path={export / 'train.csv'}",
+            f"data.val_path={export / 'val.csv'}",
+            f"data.test_path={export / 'test.csv'}",
+        ]
+        for r in range(args.repeats):
+            rates["clip"].append(_geomix_rate([], args.batch, args.steps, args.model))
+            rates["m3"].append(_geomix_rate(M3, args.batch, args.steps, args.model))
+            if not args.skip_open_clip:
+                rates["geomix_csv"].append(_geomix_rate(csv, args.batch, args.steps, args.model))
+                rates["open_clip_csv"].append(
+                    _open_clip_rate(
+                        export / "train.csv", args.batch, args.steps, args.model, Path(tmp) / f"l{r}"
+                    )
+                )
+            print(
+                f"repeat {r + 1}/{args.repeats}: "
+                + ", ".join(f"{k}={v[-1]:.1f}" for k, v in rates.items() if v),
+                flush=True,
+            )
+
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    print(
+        f"\nmodel={args.model} batch={args.batch} steps/run={args.steps} repeats={args.repeats} "
+        "(median per-step samples/s, CPU fp32)"
+    )
+    print(f"{'configuration':<34}{'samples/s':>12}")
+    for k, label in [
+        ("clip", "geomix CLIP-only (embedded)"),
+        ("m3", "geomix m3-Mix (embedded)"),
+        ("geomix_csv", "geomix CLIP-only (CSV export)"),
+        ("open_clip_csv", "open_clip_train (CSV export)"),
+    ]:
+        if k in med:
+            print(f"{label:<34}{med[k]:>12.1f}")
+    extra = med["clip"] / med["m3"] - 1.0
+    print(f"m3-Mix extra time per step vs CLIP-only: {100 * extra:+.1f} % (target <= +10 %)")
+    if "open_clip_csv" in med:
+        print(
+            f"geomix / open_clip_train throughput: {med['geomix_csv'] / med['open_clip_csv']:.2f}x "
+            "(target >= 1.0x)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
