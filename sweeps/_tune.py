@@ -98,6 +98,8 @@ class SweepSpec:
             C._fail("name", self.name, "a non-empty name without '/', '\\' or spaces")
         C.check_range("num_workers", self.num_workers, 0, None)
         C.check_range("gpus_per_worker", self.gpus_per_worker, 0.0, None)
+        if self.num_workers > 0 and self.gpus_per_worker not in (0, 1):
+            C._fail("gpus_per_worker", self.gpus_per_worker, "0 or 1 with Ray Train workers (one GPU each)")
         if self.max_concurrent is not None:
             C.check_range("max_concurrent", self.max_concurrent, 1, None)
         C.check_range("max_failures", self.max_failures, 0, None)
@@ -197,13 +199,15 @@ def max_concurrent_trials(
 ) -> int:
     """Trials that fit at once: cluster CPUs // CPUs per trial, and likewise for GPUs (at least 1).
 
-    A requested cap above what fits is lowered (with a warning): trials beyond it would wait for worker
-    groups that cannot be placed, which is how sweeps hang.
+    A requested cap is kept, with a warning when it is more than fits now: on an autoscaling cluster the
+    GPU nodes it needs may still be launching. (Trials beyond what can ever be placed would wait on worker
+    groups; the Train controller's finite failure limit turns that into a failure, not a hang.)
     """
     per_trial_cpu = max(1, num_workers)
     fits = max(1, int(cluster.get("CPU", 1) // per_trial_cpu))
     if gpus_per_worker:
-        fits = min(fits, max(1, int(cluster.get("GPU", 0) // (gpus_per_worker * max(1, num_workers)))))
+        per_trial_gpu = gpus_per_worker * max(1, num_workers)
+        fits = min(fits, max(1, int(cluster.get("GPU", 0) // per_trial_gpu)))
     if requested is None:
         return fits
     if requested > fits:
@@ -731,7 +735,9 @@ def add_ray_arguments(parser) -> None:
                         "cluster (ray up cluster.yaml)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="Ray Train workers per trial; 0 = in-process (the laptop default)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
+                        help="GPUs of an in-process trial (may be fractional), or of each Ray Train worker "
+                        "(0 or 1)")
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="running trials at once (default: what the cluster's CPUs/GPUs hold)")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
