@@ -29,7 +29,8 @@ def local_ray():
     ray = pytest.importorskip("ray")
     from sweeps import _tune
 
-    assert not ray.is_initialized()
+    if ray.is_initialized():  # a leftover of an earlier test in this process, never another user's Ray
+        ray.shutdown()
     _tune.start_ray("local", num_cpus=2)
     try:
         yield ray
@@ -46,7 +47,8 @@ def two_node_cluster():
 
     from sweeps import _tune
 
-    assert not ray.is_initialized()
+    if ray.is_initialized():
+        ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "resources": {_tune.TRIAL_SLOT: 100}, "include_dashboard": True},
