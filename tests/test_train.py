@@ -110,10 +110,18 @@ def test_resume_is_bit_identical(tmp_path):
 
     interrupted = cfg.__class__(**{**cfg.__dict__, "run": cfg.run.__class__(
         **{**cfg.run.__dict__, "out_dir": str(tmp_path / "resumed")})})
+    crashed = Recorder(crash_after_checkpoints=1)
     with pytest.raises(KeyboardInterrupt):
-        train.run(interrupted, hooks=Recorder(crash_after_checkpoints=1))
+        train.run(interrupted, hooks=crashed)
     assert len(list((tmp_path / "resumed" / "checkpoints").glob("ckpt-*"))) == 1
+    # The Ray path: a checkpoint handed over by the hooks, no files of its own.
+    ray_like = Recorder()
+    ray_like.initial_checkpoint = lambda: crashed.checkpoints[0]
+    from_hooks = train.run(cfg, hooks=ray_like)
     resumed = train.run(interrupted)
+    assert {k: v for k, v in from_hooks.items() if k.startswith("test_")} == {
+        k: v for k, v in full.items() if k.startswith("test_")
+    }
 
     assert full["status"] == resumed["status"] == "completed"
     assert full["steps"] == resumed["steps"] == 6 and resumed["samples_seen"] == full["samples_seen"]
