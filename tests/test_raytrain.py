@@ -36,6 +36,8 @@ SMALL = [
 def ray_local():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
+    if ray.is_initialized():  # a leftover of another test module in this process
+        ray.shutdown()
     ray.init(address="local", num_cpus=4, include_dashboard=True)
     yield
     ray.shutdown()
