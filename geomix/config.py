@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
@@ -460,6 +462,9 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ValueError(f"override {item!r} is invalid: allowed form is dotted.key=value")
         value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # YAML 1.1 reads "2e-3" (no dot) as a string; a researcher typing lr=2e-3 means a number
+            value = float(value)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

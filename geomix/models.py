@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from geomix.config import DataConfig, ModelConfig, config_hash
+from geomix.data.shapes import GENERATOR_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ def base_recipe(cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
     data_keys = ("source", "seed", "image_size", "base_styles", "captions_per_image")
     return {
         "version": _BASE_RECIPE_VERSION,
+        # a change of the generator's pixels or captions must rebuild the base, not reuse a stale one
+        "generator": GENERATOR_VERSION,
         "model": {k: getattr(cfg, k) for k in model_keys},
         "data": {k: list(v) if isinstance(v, tuple) else v for k, v in
                  ((k, getattr(data_cfg, k)) for k in data_keys)},

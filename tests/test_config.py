@@ -109,3 +109,9 @@ def test_import_geomix_does_not_pull_in_sweep_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scientific_notation_overrides_are_numbers():
+    cfg = C.build_config(overrides=["optim.lr=2e-3", "loss.w_m2=5E-2", "run.out_dir=1e3x"])
+    assert cfg.optim.lr == 0.002 and cfg.loss.w_m2 == 0.05
+    assert cfg.run.out_dir == "1e3x"  # only whole numbers are converted
