@@ -26,6 +26,7 @@ bit for bit. Every policy has ``state_dict`` / ``load_state_dict`` for exact res
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -118,15 +119,15 @@ def exact_wasserstein(x: torch.Tensor, y: torch.Tensor) -> float:
 # λ policies
 
 
-class LambdaPolicy:
+class LambdaPolicy(abc.ABC):
     """One term's λ schedule. Subclasses implement :meth:`sample`; the rest has sensible no-op defaults."""
 
     name = "base"
     _last: float = float("nan")  # the last value returned by sample()
 
+    @abc.abstractmethod
     def sample(self, generator: torch.Generator, *, step: int, total_steps: int) -> float:
         """The λ to use at ``step`` (0-based) of ``total_steps``, in ``[0, 1]``."""
-        raise NotImplementedError
 
     def observe(self, mixed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """See this step's detached mixed embeddings and their ``a``/``b`` sides (used by ``progressive``)."""
@@ -351,13 +352,14 @@ def random_derangement(n: int, generator: torch.Generator, max_tries: int = 100)
     return perm
 
 
-class PartnerPolicy:
+class PartnerPolicy(abc.ABC):
     """Maps a batch size to partner indices ``π`` (``[n]`` int64), or ``None`` for history partners."""
 
     name = "base"
 
+    @abc.abstractmethod
     def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        raise NotImplementedError
+        """Partner indices for a batch of ``n`` rows."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
