@@ -129,7 +129,7 @@ class LambdaPolicy(abc.ABC):
     def sample(self, generator: torch.Generator, *, step: int, total_steps: int) -> float:
         """The λ to use at ``step`` (0-based) of ``total_steps``, in ``[0, 1]``."""
 
-    def observe(self, mixed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    def observe(self, mixed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:  # noqa: B027 (no-op hook)
         """See this step's detached mixed embeddings and their ``a``/``b`` sides (used by ``progressive``)."""
 
     @property
@@ -261,7 +261,7 @@ class ProgressiveLambda(LambdaPolicy):
             return exact_wasserstein(x, y)
         return sliced_wasserstein(x, y, self.projections(x.shape[1]))
 
-    def observe(self, mixed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    def observe(self, mixed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:  # noqa: B027 (no-op hook)
         self.observe_distances(self.distance(mixed, a), self.distance(mixed, b))
 
     def observe_distances(self, d_a: float, d_b: float) -> None:
@@ -364,7 +364,7 @@ class PartnerPolicy(abc.ABC):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless by default)
         pass
 
 
