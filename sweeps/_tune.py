@@ -148,11 +148,14 @@ def resolve_trial(spec: SweepSpec, trial_config: Mapping[str, Any]) -> C.TrainCo
 
 def start_ray(
     address: str | None = "local", *, num_cpus: int | None = None, num_gpus: int | None = None
-) -> None:
+) -> Any:
     """Start a local Ray (``address`` None/"local") with this machine's resources, or join ``address``.
 
     The dashboard stays on (bound to 127.0.0.1): Train's placement-group cleaner needs the State API it
     serves, and without it trials stopped by ASHA leak their worker groups and the sweep hangs.
+
+    Returns:
+        Ray's ``RayContext`` (``.dashboard_url``), or None when Ray was already initialised.
     """
     import ray
     import ray.cloudpickle
@@ -163,9 +166,9 @@ def start_ray(
     # a checkpoint per epoch forces experiment snapshots often; that is intended here, not a bottleneck
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
-        return
+        return None
     if address in (None, "", "local"):
-        ray.init(
+        context = ray.init(
             address="local",
             num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
             num_gpus=num_gpus,
@@ -174,9 +177,10 @@ def start_ray(
             logging_level=logging.WARNING,
         )
     else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        context = ray.init(address=address, logging_level=logging.WARNING)
     if ray.__version__ != RAY_VERSION_TESTED:
         log.warning("sweeps were checked against Ray %s; this is Ray %s", RAY_VERSION_TESTED, ray.__version__)
+    return context
 
 
 def trial_resources(

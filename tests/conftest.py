@@ -25,15 +25,16 @@ if str(ROOT) not in sys.path:  # `sweeps` is a folder of scripts at the repo roo
 
 @pytest.fixture
 def local_ray():
-    """A 2-CPU local Ray with the sweep's trial-slot resource, as ``sweeps._tune.start_ray`` starts it."""
+    """A 2-CPU local Ray with the sweep's trial-slot resource, as ``sweeps._tune.start_ray`` starts it;
+    yields its ``RayContext`` (``.dashboard_url`` for the State API of exactly this cluster)."""
     ray = pytest.importorskip("ray")
     from sweeps import _tune
 
     if ray.is_initialized():  # a leftover of an earlier test in this process, never another user's Ray
         ray.shutdown()
-    _tune.start_ray("local", num_cpus=2)
+    context = _tune.start_ray("local", num_cpus=2)
     try:
-        yield ray
+        yield context
     finally:
         ray.shutdown()
 

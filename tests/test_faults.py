@@ -93,24 +93,30 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, t
     worker group resumed from the epoch-1 checkpoint instead of training from scratch)."""
     from ray.util.state import list_actors
 
+    # 4 epochs of 24 steps: long enough to kill a worker between the first and the last report
     spec = _tune.SweepSpec(name="faults", base=tiny_base, results=str(tmp_path / "res"),
-                           storage=str(tmp_path / "ray"), methods={"ft": {"optim.epochs": 3}},
+                           storage=str(tmp_path / "ray"),
+                           methods={"ft": {"optim.epochs": 4, "data.train_size": 768}},
                            num_workers=2, max_failures=2)
     res = Path(spec.results)
     killed: dict[str, float] = {}
 
     def kill_a_worker_after_epoch_1():
-        deadline = time.time() + 300
+        # The State API can take seconds under load: find the worker pids while the group starts, and
+        # kill the moment the first epoch's report is on disk.
+        deadline, pids = time.time() + 300, []
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
         while time.time() < deadline and not killed:
+            if not pids:
+                # this test's own Ray by address: other local clusters may run on the same machine
+                state_api = f"http://{local_ray.dashboard_url}"
+                pids = [a.pid for a in list_actors(address=state_api, filters=alive)]
             history = _rows(res, "history")
-            if history is not None and (history.epoch >= 1).any():
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                               ("state", "=", "ALIVE")])
-                if workers:
-                    killed["at"] = time.time()
-                    os.kill(workers[-1].pid, signal.SIGKILL)  # a worker process of this test's own Ray
-                    return
-            time.sleep(0.2)
+            if pids and history is not None and (history.epoch >= 1).any():
+                killed["at"] = time.time()
+                os.kill(pids[-1], signal.SIGKILL)  # a worker process of this test's own Ray
+                return
+            time.sleep(0.1)
 
     killer = threading.Thread(target=kill_a_worker_after_epoch_1, daemon=True)
     killer.start()
@@ -120,7 +126,7 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, t
     trials, history = results.read_results(spec.results)
     assert len(trials) == 1 and trials.status.iloc[0] == "completed", trials[["status", "error"]]
     val = history[history.split == "val"].sort_values("epoch")
-    assert list(val.epoch) == [1, 2, 3]
+    assert list(val.epoch) == [1, 2, 3, 4]
     epoch1 = val[val.epoch == 1].iloc[0]
     assert epoch1.reported_at < killed["at"]  # not re-trained (and re-reported) after the kill
     assert (val[val.epoch > 1].reported_at > killed["at"]).any()
