@@ -29,6 +29,7 @@ loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -36,7 +37,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,21 @@ def start_ray(
     if ray.__version__ != RAY_VERSION_TESTED:
         log.warning("sweeps were checked against Ray %s; this is Ray %s", RAY_VERSION_TESTED, ray.__version__)
     return context
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = "local", **kwargs: Any) -> Iterator[Any]:
+    """``start_ray`` for the length of a ``with`` block; shuts Ray down afterwards only if this block
+    started it (a script's ``main()`` called from a notebook or a test leaves no Ray behind)."""
+    import ray
+
+    started = not ray.is_initialized()
+    context = start_ray(address, **kwargs)
+    try:
+        yield context
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
 
 
 def trial_resources(

@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     save_resolved_config(spec.results, {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
                                         "methods": {k: dict(v) for k, v in spec.methods.items()}})
     _tune.prepare_base_models(cfgs)
-    _tune.start_ray(args.address)
-    from ray import tune
+    with _tune.ray_session(args.address):
+        from ray import tune
 
-    _tune.run_sweep(spec, param_space={"method": tune.grid_search(list(spec.methods)),
-                                       "seed": tune.grid_search(seeds)})
+        _tune.run_sweep(spec, param_space={"method": tune.grid_search(list(spec.methods)),
+                                           "seed": tune.grid_search(seeds)})
     wall = time.perf_counter() - t0
     n = len(spec.methods) * len(seeds)
     print(f"\nsweep {spec.name}: {n} trials in {wall:.0f} s; results in {spec.results}\n")

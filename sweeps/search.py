@@ -157,14 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     save_resolved_config(spec.results, {"name": spec.name, "base": dict(spec.base), "search": s})
     _tune.prepare_base_models([base_cfg])
-    _tune.start_ray(args.address)
-    _tune.run_sweep(
-        spec,
-        search_alg=_tune.make_searcher(make_space(s), spec, seed=int(s["seed"])),
-        scheduler=_tune.make_asha(base_cfg.optim.epochs, grace_period=int(s["grace_period"]),
-                                  reduction_factor=float(s["reduction_factor"])),
-        num_samples=int(s["num_samples"]),
-    )
+    with _tune.ray_session(args.address):
+        _tune.run_sweep(
+            spec,
+            search_alg=_tune.make_searcher(make_space(s), spec, seed=int(s["seed"])),
+            scheduler=_tune.make_asha(base_cfg.optim.epochs, grace_period=int(s["grace_period"]),
+                                      reduction_factor=float(s["reduction_factor"])),
+            num_samples=int(s["num_samples"]),
+        )
     trials, _ = read_results(spec.results)
     print(f"\nsearch {spec.name}: {len(trials)} trials in {time.perf_counter() - t0:.0f} s; "
           f"{trials['status'].value_counts().to_dict()}; Optuna study {_tune.optuna_db(spec)}\n")

@@ -84,6 +84,9 @@ def test_search_smoke_through_its_command_line(tiny_overrides, tmp_path):
     res = tmp_path / "res"
     assert search.main(["--smoke-test", "--num-samples", "3", "--results", str(res), *tiny_overrides,
                         "optim.epochs=3"]) == 0
+    import ray
+
+    assert not ray.is_initialized()  # main() shuts down the Ray it started
     trials, history = results.read_results(str(res))
     assert len(trials) == 3 and trials.trial_id.is_unique and (trials.method == "search").all()
     assert set(trials.status) <= {"completed", "early_stopped", "diverged"}

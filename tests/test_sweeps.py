@@ -26,6 +26,8 @@ from sweeps import _tune, ablation, search  # noqa: E402
 def test_bad_config_fails_before_ray_starts(script, argv, named, tmp_path):
     import ray
 
+    if ray.is_initialized():  # a leftover of an earlier test in this process
+        ray.shutdown()
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         script.main([*argv, "--results", str(tmp_path / "r")])
     assert not ray.is_initialized()
