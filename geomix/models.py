@@ -138,8 +138,19 @@ def create(
     return model, preprocess, tokenizer
 
 
+def _quiet_no_weights(record: logging.LogRecord) -> bool:
+    """Drop open_clip's "No pretrained weights loaded" warning: geomix loads its weights itself right after
+    (a checkpoint, the embedded base) or was asked for a random init, so the warning only misleads."""
+    return not record.getMessage().startswith("No pretrained weights loaded")
+
+
 def _random_init(cfg: ModelConfig, device: str | torch.device) -> tuple[nn.Module, Callable, Callable]:
-    model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=None, device=device)
+    root = logging.getLogger()
+    root.addFilter(_quiet_no_weights)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=None, device=device)
+    finally:
+        root.removeFilter(_quiet_no_weights)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_tau))
     return model, preprocess, open_clip.get_tokenizer(cfg.name)

@@ -68,6 +68,23 @@ def test_local_checkpoint_round_trip(tmp_path, layout):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_loading_a_checkpoint_does_not_warn_no_weights_loaded(tmp_path, caplog):
+    """open_clip warns "No pretrained weights loaded" on every pretrained=None build; geomix loads its own
+    weights right after, so that warning must not reach the user (it did, once per trial, in sweep logs)."""
+    model, _, _ = models.create(_micro())
+    path = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), path)
+    with caplog.at_level("WARNING"):
+        models.create(_micro(pretrained=str(path)))
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # other open_clip warnings still get through the filter
+        import logging
+
+        logging.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
 def test_mismatched_or_unreadable_checkpoint_is_a_value_error(tmp_path):
     tiny, _, _ = models.create(ModelConfig(name="geomix-tiny", pretrained=None))
     path = tmp_path / "tiny.pt"
