@@ -2,7 +2,7 @@
 ``geomix.train.run``, in one run; prints the wall-time ratio (target <= 1.25) and the fixed cost per trial.
 
     python benchmarks/sweep_overhead.py                        # N=4 trials of ~20 s, both sweep paths
-    python benchmarks/sweep_overhead.py --trials 6 --modes loop,inproc data.train_size=2048
+    python benchmarks/sweep_overhead.py --trials 6 --modes loop,inproc data.train_size=4096
 
 Modes: ``loop`` (plain Python), ``inproc`` (sweep, trial runs ``geomix.train.run`` in the Tune trial
 actor: the laptop default, ``--num-workers 0``), ``train`` (sweep, each trial a Ray Train TorchTrainer
@@ -28,7 +28,7 @@ from sweeps import _tune  # noqa: E402
 
 # ~20 s per trial on one core of the 2-core dev machine; a small base model: its quality is not measured.
 BASE = {
-    "data": {"train_size": 1024, "val_size": 128, "test_size": 128},
+    "data": {"train_size": 2048, "val_size": 128, "test_size": 128},
     "model": {"base_epochs": 2, "base_train_size": 512},
     "optim": {"epochs": 2, "batch_size": 64},
     "run": {"eval_every": 1, "checkpoint_every": 1, "progress": False},
@@ -55,7 +55,8 @@ def run_loop(base: dict, seeds: list[int], tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_sweep(base: dict, seeds: list[int], tmp: Path, mode: str) -> float:
+def run_sweep(base: dict, seeds: list[int], tmp: Path, mode: str) -> tuple[float, list[float]]:
+    """Wall time of the sweep, and each trial's own wall time (``trial_wall_s``, in trial order)."""
     from ray import tune
 
     from geomix.results import read_results
@@ -66,7 +67,7 @@ def run_sweep(base: dict, seeds: list[int], tmp: Path, mode: str) -> float:
     wall = time.perf_counter() - t0
     trials, _ = read_results(spec.results)
     assert len(trials) == len(seeds) and (trials.status == "completed").all(), trials[["status", "error"]]
-    return wall
+    return wall, trials.sort_values("started_at")["trial_wall_s"].astype(float).tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         _tune.start_ray("local")
         ray_start = time.perf_counter() - t0
-        walls = {}
+        walls, inside = {}, {}
         for mode in modes:
             if mode != "loop":
-                walls[mode] = run_sweep(base, seeds, tmp, mode) + ray_start
+                wall, inside[mode] = run_sweep(base, seeds, tmp, mode)
+                walls[mode] = wall + ray_start
         import ray
 
         ray.shutdown()
@@ -116,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = wall / loop
         fixed = (wall - loop) / n
         print(f"{names[mode]:<28}{wall:>9.1f}{wall / n:>13.1f}{ratio:>8.2f}{fixed:>20.1f}")
+    # where the fixed cost goes: once per sweep (Ray start, Tune set-up and teardown, the first trial's
+    # actor start) or again for every trial (what a trial spends beyond the loop's train.run)
+    print(f"\nwhere it goes (plain loop: {loop / n:.1f} s per trial)")
+    print(f"{'mode':<28}{'1st trial s':>12}{'later trials s':>16}", end="")
+    print(f"{'per trial extra s':>19}{'per sweep s':>13}")
+    for mode, tw in inside.items():
+        later = sum(tw[1:]) / max(len(tw) - 1, 1)
+        per_trial = later - loop / n
+        per_sweep = walls[mode] - loop - n * per_trial
+        print(f"{names[mode]:<28}{tw[0]:>12.1f}{later:>16.1f}{per_trial:>19.1f}{per_sweep:>13.1f}")
     return 0
 
 

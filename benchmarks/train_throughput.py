@@ -47,8 +47,8 @@ class _StepClock:
         return None
 
 
-def _geomix_rate(overrides: list[str], batch: int, steps: int, model: str) -> float:
-    """Median samples/s per step of one geomix run (steps after the first)."""
+def _geomix_rates(overrides: list[str], batch: int, steps: int, model: str) -> list[float]:
+    """Samples/s of every step of one geomix run after the first (warm-up)."""
     cfg = build_config(
         {},
         [
@@ -71,11 +71,11 @@ def _geomix_rate(overrides: list[str], batch: int, steps: int, model: str) -> fl
     if result["status"] != "completed":
         raise RuntimeError(f"benchmark run failed: {result['error']}")
     dts = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    return statistics.median(batch / dt for dt in dts)
+    return [batch / dt for dt in dts]
 
 
-def _open_clip_rate(csv: Path, batch: int, steps: int, model: str, logs: Path) -> float:
-    """Median samples/s per step that open_clip_train prints (steps after the first)."""
+def _open_clip_rates(csv: Path, batch: int, steps: int, model: str, logs: Path) -> list[float]:
+    """Samples/s of every step after the first that open_clip_train prints."""
     code = (
         "import sys, geomix.models as m; m.register_tiny_configs(); from open_clip_train.main import main; "
         "main(sys.argv[1:])"
@@ -135,14 +135,14 @@ def _open_clip_rate(csv: Path, batch: int, steps: int, model: str, logs: Path) -
     rates = [float(r) for r in re.findall(r"Batch \(t\): [0-9.]+, ([0-9.]+)/s,", text)]
     if out.returncode != 0 or len(rates) < 2:
         raise RuntimeError(f"open_clip_train failed (rc={out.returncode}):\n{text[-3000:]}")
-    return statistics.median(rates[1 : steps + 1])
+    return rates[1 : steps + 1]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=6, help="optimisation steps per run (first one not timed)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every configuration")
+    p.add_argument("--steps", type=int, default=8, help="optimisation steps per run (first one not timed)")
+    p.add_argument("--repeats", type=int, default=4, help="interleaved repeats of every configuration")
     p.add_argument("--model", default="geomix-tiny")
     p.add_argument("--skip-open-clip", action="store_true")
     args = p.parse_args(argv)
@@ -180,28 +180,37 @@ def main(argv: list[str] | None = None) -> int:
             f"data.val_path={export / 'val.csv'}",
             f"data.test_path={export / 'test.csv'}",
         ]
+        runs = {
+            "clip": lambda r: _geomix_rates([], args.batch, args.steps, args.model),
+            "m3": lambda r: _geomix_rates(M3, args.batch, args.steps, args.model),
+        }
+        if not args.skip_open_clip:
+            runs["geomix_csv"] = lambda r: _geomix_rates(csv, args.batch, args.steps, args.model)
+            runs["open_clip_csv"] = lambda r: _open_clip_rates(
+                export / "train.csv", args.batch, args.steps, args.model, Path(tmp) / f"l{r}"
+            )
         for r in range(args.repeats):
-            rates["clip"].append(_geomix_rate([], args.batch, args.steps, args.model))
-            rates["m3"].append(_geomix_rate(M3, args.batch, args.steps, args.model))
-            if not args.skip_open_clip:
-                rates["geomix_csv"].append(_geomix_rate(csv, args.batch, args.steps, args.model))
-                rates["open_clip_csv"].append(
-                    _open_clip_rate(
-                        export / "train.csv", args.batch, args.steps, args.model, Path(tmp) / f"l{r}"
-                    )
-                )
+            # the order flips every repeat (A B C D, D C B A, ...) so a drift of the machine's speed over
+            # the run hits every configuration alike instead of favouring the one that goes first
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            last = {}
+            for k in order:
+                got = runs[k](r)
+                rates[k] += got
+                last[k] = statistics.median(got)
             print(
-                f"repeat {r + 1}/{args.repeats}: "
-                + ", ".join(f"{k}={v[-1]:.1f}" for k, v in rates.items() if v),
+                f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k}={last[k]:.1f}" for k in runs),
                 flush=True,
             )
 
+    # every timed step of every repeat pooled: the median and the interquartile range of per-step samples/s
     med = {k: statistics.median(v) for k, v in rates.items() if v}
+    iqr = {k: statistics.quantiles(v, n=4) for k, v in rates.items() if len(v) >= 2}
     print(
         f"\nmodel={args.model} batch={args.batch} steps/run={args.steps} repeats={args.repeats} "
-        "(median per-step samples/s, CPU fp32)"
+        "(per-step samples/s pooled over repeats: median and interquartile range; CPU fp32)"
     )
-    print(f"{'configuration':<34}{'samples/s':>12}")
+    print(f"{'configuration':<34}{'samples/s':>12}{'IQR':>20}{'steps':>7}")
     for k, label in [
         ("clip", "geomix CLIP-only (embedded)"),
         ("m3", "geomix m3-Mix (embedded)"),
@@ -209,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         ("open_clip_csv", "open_clip_train (CSV export)"),
     ]:
         if k in med:
-            print(f"{label:<34}{med[k]:>12.1f}")
+            q = iqr.get(k, [med[k], med[k], med[k]])
+            print(f"{label:<34}{med[k]:>12.1f}{f'{q[0]:.1f} - {q[2]:.1f}':>20}{len(rates[k]):>7}")
     extra = med["clip"] / med["m3"] - 1.0
     print(f"m3-Mix extra time per step vs CLIP-only: {100 * extra:+.1f} % (target <= +10 %)")
     if "open_clip_csv" in med:
