@@ -77,6 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ``ray.train.get_checkpoint()``.
     """
     config = dict(config)
+    embeddings_to = config.pop("embeddings_to", None)
     overrides = [f"{k}={v}" for k, v in (config.pop("overrides", None) or {}).items()]
     cfg = build_config(config, overrides)
     ctx = ray.train.get_context()
@@ -90,6 +91,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "resume": False, "progress": False})
     cfg = build_config({**to_dict(cfg), "run": to_dict(run_cfg)})
     train.run(cfg, hooks=_RayHooks())
+    src = Path(run_cfg.out_dir) / "embeddings_test.npz"
+    if embeddings_to and rank == 0 and cfg.run.save_embeddings and src.is_file():
+        # rank 0's folder is local to its node: put the file where the sweep's results are
+        from geomix.results import save_file
+
+        save_file(embeddings_to[0], embeddings_to[1], src.read_bytes())
 
 
 def fit(
@@ -102,6 +109,7 @@ def fit(
     callbacks: Sequence[Any] = (),
     max_failures: int = 0,
     controller_failure_limit: int = 2,
+    embeddings_to: tuple[str, str] | None = None,
 ) -> ray.train.Result:
     """Run one trial as a Ray Train ``TorchTrainer``.
 
@@ -117,6 +125,8 @@ def fit(
         max_failures: worker-group failures to recover from (from the last checkpoint).
         controller_failure_limit: controller failures tolerated before failing (finite, so a scheduling
             problem fails instead of hanging; ray-notes item 3).
+        embeddings_to: ``(results folder or URI, relative name)``: with ``run.save_embeddings`` rank 0
+            copies its final ``embeddings_test.npz`` there (its own folder is local to its node).
 
     Returns:
         The ``ray.train.Result``: ``metrics`` is rank 0's last report (``done=True``, ``status``,
@@ -140,6 +150,9 @@ def fit(
             cfg_dict["data"][key] = _absolute(cfg_dict["data"][key])
     if "://" not in storage_path:
         storage_path = _absolute(storage_path)
+    if embeddings_to is not None:
+        folder, rel = embeddings_to
+        cfg_dict["embeddings_to"] = [folder if "://" in folder else _absolute(folder), rel]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg_dict,

@@ -282,14 +282,39 @@ def write_rows(folder_or_uri: str | os.PathLike[str], table: str, rows: Sequence
 
 def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
     """Write the resolved sweep config as ``config.yaml`` beside the results (atomically)."""
-    import pyarrow as pa
     import yaml
 
+    save_file(folder_or_uri, CONFIG_FILE, yaml.safe_dump(_plain(dict(config)), sort_keys=False).encode())
+
+
+#: Where a sweep puts each trial's evaluation embeddings, relative to the results folder.
+EMBEDDINGS_DIR = "embeddings"
+
+
+def has_file(folder_or_uri: str | os.PathLike[str], name: str) -> bool:
+    """Whether ``<folder>/<name>`` exists (local folder or URI)."""
     filesystem, folder = _resolve(folder_or_uri)
-    filesystem.create_dir(folder, recursive=True)
-    path = f"{folder}/{CONFIG_FILE}"
-    tmp = f"{folder}/.{CONFIG_FILE}.{uuid.uuid4().hex}.tmp"
-    data = yaml.safe_dump(_plain(dict(config)), sort_keys=False).encode()
+    return _exists(filesystem, f"{folder}/{name}")
+
+
+def save_file(folder_or_uri: str | os.PathLike[str], name: str, data: bytes) -> str:
+    """Write ``data`` as ``<folder>/<name>`` atomically (temp file + rename; readers see all or nothing).
+
+    ``name`` may hold ``/`` (sub-folders are made). Returns ``name``, the path relative to the folder,
+    as a results column records it (e.g. ``embeddings_path``).
+    """
+    import pyarrow as pa
+
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"file name {name!r} is invalid: allowed is a relative path inside the results folder"
+        )
+    filesystem, folder = _resolve(folder_or_uri)
+    path = f"{folder}/{name}"
+    parent = path.rsplit("/", 1)[0]
+    filesystem.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{parts[-1]}.{uuid.uuid4().hex}.tmp"
     try:
         with filesystem.open_output_stream(tmp) as sink:
             sink.write(pa.py_buffer(data))
@@ -298,6 +323,7 @@ def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[
         with contextlib.suppress(Exception):
             filesystem.delete_file(tmp)
         raise
+    return name
 
 
 def load_resolved_config(folder_or_uri: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -314,6 +314,21 @@ def trial_name(spec: SweepSpec, trial_id: str) -> str:
     return f"{spec.name}-{trial_id}"
 
 
+def embeddings_name(trial_id: str) -> str:
+    """Where a trial's final test embeddings go, relative to the results folder."""
+    return f"{_results_module().EMBEDDINGS_DIR}/{trial_id}.npz"
+
+
+def _keep_embeddings(spec: SweepSpec, trial_id: str, out_dir: Path) -> dict[str, str]:
+    """Copy the run's ``embeddings_test.npz`` into the results folder (the trial folder is Ray's scratch
+    space); ``{"embeddings_path": <relative path>}`` for the trial row, or {} when the run saved none."""
+    src = out_dir / "embeddings_test.npz"
+    if not src.is_file():
+        return {}
+    name = _results_module().save_file(spec.results, embeddings_name(trial_id), src.read_bytes())
+    return {"embeddings_path": name}
+
+
 def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     import ray
     from ray import tune
@@ -327,10 +342,13 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
         run_fn = spec.run_fn or importlib.import_module("geomix.train").run
         summary = dict(run_fn(cfg, hooks=hooks))
         last = hooks.last
+        if cfg.run.save_embeddings:
+            summary.update(_keep_embeddings(spec, ctx.get_trial_id(), trial_dir / "run"))
         summary["node_ids"] = summary.get("node_ids") or ray.get_runtime_context().get_node_id()
         summary["num_workers"] = 0  # in-process: no Ray Train worker group
     else:
         raytrain = importlib.import_module("geomix.raytrain")
+        emb_name = embeddings_name(ctx.get_trial_id())
         result = raytrain.fit(
             cfg,
             num_workers=spec.num_workers,
@@ -340,9 +358,12 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
             callbacks=[_report_callback()],
             max_failures=spec.max_failures,
             controller_failure_limit=spec.controller_failure_limit,
+            embeddings_to=(spec.results, emb_name),
         )
         summary = dict(result.return_value or {})
         last = _clean_metrics(result.metrics or {}, {})
+        if cfg.run.save_embeddings and _results_module().has_file(spec.results, emb_name):
+            summary["embeddings_path"] = emb_name
         summary.setdefault("num_workers", spec.num_workers)
     final = _clean_metrics({**last, **summary}, last)
     final[FINAL_KEY] = True
@@ -455,7 +476,8 @@ def trial_status(result: Mapping[str, Any] | None, error: bool) -> str:
 
 _HISTORY_KEYS = ("epoch", "step", "samples_seen", "train_loss")
 _TRIAL_KEYS = (
-    "epoch", "steps", "samples_seen", "wall_s", "samples_per_s", "num_workers", "device", "node_ids"
+    "epoch", "steps", "samples_seen", "wall_s", "samples_per_s", "num_workers", "device", "node_ids",
+    "embeddings_path",
 )
 
 

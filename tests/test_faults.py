@@ -42,7 +42,7 @@ def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
     )
     res = tmp_path / "res"
     cmd = [sys.executable, str(ROOT / "sweeps" / "ablation.py"), "--config", str(sweep),
-           "--max-concurrent", "1", "--results", str(res), *tiny_overrides]
+           "--max-concurrent", "1", "--results", str(res), *tiny_overrides, "run.save_embeddings=true"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Own session: after the SIGKILL, the Ray processes this driver started can be ended by group id.
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
@@ -84,6 +84,18 @@ def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
         assert col in trials.columns
     assert set(history.trial_id) >= set(ok.trial_id) and {"val", "test"} <= set(history.split)
     assert (res / "config.yaml").is_file()
+    # each finished trial's test embeddings are kept in the results folder, and the figure reads them
+    import numpy as np
+
+    from analysis import plots
+
+    assert ok["embeddings_path"].notna().all() and trials.loc[trials.status == "diverged",
+                                                             "embeddings_path"].isna().all()
+    for rel in ok["embeddings_path"]:
+        with np.load(res / rel) as z:
+            assert z["img"].shape[0] == 32 and z["txt"].shape[1] == z["img"].shape[1]
+    assert [p.name for p in plots.modality_gap(trials, tmp_path / "figs")] == ["modality_gap.png",
+                                                                                "modality_gap.pdf"]
 
 
 @pytest.mark.slow

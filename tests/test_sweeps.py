@@ -69,6 +69,7 @@ def test_ray_train_trial_spreads_two_workers_over_two_nodes(two_node_cluster, ti
 
     cfg = build_config(tiny_base)
     models.create(cfg.model, data_cfg=cfg.data)  # the cached base model, as ablation.py prepares it
+    tiny_base = {**tiny_base, "run": {"save_embeddings": True}}
     spec = _tune.SweepSpec(name="nodes", base=tiny_base, results=str(tmp_path / "res"),
                            storage=str(tmp_path / "ray"), methods={"m3_mix": {"loss.w_m2": 0.05,
                                                                                "loss.w_vl": 0.1}},
@@ -83,3 +84,6 @@ def test_ray_train_trial_spreads_two_workers_over_two_nodes(two_node_cluster, ti
     assert len(worker_nodes) == 2 and set(worker_nodes) == cpu_nodes
     assert len(history[history.split == "val"]) == 2 and row["rsum"] > 0 and row["loss.w_vl"] == 0.1
     assert {"loss_m2", "loss_vl", "lam_m2"} <= set(history.columns)
+    # rank 0 (on one of the worker nodes) put its test embeddings into the results folder
+    assert row["embeddings_path"] == f"embeddings/{row['trial_id']}.npz"
+    assert (tmp_path / "res" / row["embeddings_path"]).stat().st_size > 0
