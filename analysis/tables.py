@@ -35,6 +35,7 @@ import pandas as pd  # noqa: E402
 
 from analysis._render import EXTENSIONS, FORMATS, Table, render  # noqa: E402
 from analysis._stats import DASH, fmt_num, fmt_paired, paired_t_interval  # noqa: E402
+from geomix import logs  # noqa: E402
 from geomix.results import METHOD_IDS, METRIC_COLUMNS, read_results  # noqa: E402
 
 log = logging.getLogger("analysis.tables")
@@ -921,7 +922,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--figures needs --out DIR (the figures go to DIR/figures)")
     if args.top_k < 1:
         parser.error(f"--top-k={args.top_k} is invalid: allowed an integer >= 1")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup("%(levelname)s %(name)s: %(message)s")
     try:
         trials, history = read_results(*args.results)
         tables = build_tables(trials, metric=args.metric, top_k=args.top_k)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_BASE = "embedded-base"
 # Bump when the base-model recipe changes in code (not in config), so stale caches are not reused.
-_BASE_RECIPE_VERSION = 1
+_BASE_RECIPE_VERSION = 2  # 2: the base's initial weights come from data.seed, not the caller's RNG
 
 # Tiny open_clip architectures for CPU work. They use open_clip's own CLIP class and tokenizer (vocab
 # 49408), so everything downstream is exactly what a real model goes through. The default image tower is
@@ -239,7 +239,7 @@ def _embedded_base(
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not path.is_file():
-                    _build_base(cfg, data_cfg, model, preprocess, tokenizer, path)
+                    _build_base(cfg, data_cfg, preprocess, tokenizer, path)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     else:
@@ -251,7 +251,6 @@ def _embedded_base(
 def _build_base(
     cfg: ModelConfig,
     data_cfg: DataConfig,
-    model: nn.Module,
     preprocess: Callable,
     tokenizer: Callable,
     path: Path,
@@ -271,8 +270,12 @@ def _build_base(
         optim=OptimConfig(epochs=cfg.base_epochs, batch_size=cfg.base_batch_size, lr=cfg.base_lr),
         run=RunConfig(seed=data_cfg.seed, device="cpu", eval_every=0, out_dir=None, progress=False),
     ).validate()
-    # The base build must not disturb the caller's RNG: a cache hit and a miss give the same run.
+    # The base build must not disturb the caller's RNG (a cache hit and a miss give the same run), and the
+    # caller's RNG must not shape the base: its initial weights come from data.seed, so whoever builds it
+    # first (a sweep driver, a trial, the train CLI) gets the same model for the same recipe.
     with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(data_cfg.seed)
+        model, _, _ = _random_init(cfg, "cpu")
         train.train_model(base_cfg, model, preprocess, tokenizer)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)

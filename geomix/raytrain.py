@@ -25,6 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from geomix import train
 from geomix.config import TrainConfig, build_config, to_dict
+from geomix.logs import quiet_ray_checkpoint_logs
 
 
 class _RayHooks:
@@ -76,6 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ``ray.train.report``, which persists them under the run's storage path; a restarted run resumes from
     ``ray.train.get_checkpoint()``.
     """
+    quiet_ray_checkpoint_logs()
     config = dict(config)
     embeddings_to = config.pop("embeddings_to", None)
     overrides = [f"{k}={v}" for k, v in (config.pop("overrides", None) or {}).items()]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from geomix import losses, metrics, models
+from geomix import logs, losses, metrics, models
 from geomix.config import TrainConfig, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="experiment YAML (layered over the defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=3")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = list(args.overrides)
     if not any(o.startswith("run.eval_start=") for o in overrides):
         overrides.append("run.eval_start=true")

@@ -335,6 +335,7 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
 
     cfg = resolve_trial(spec, config)
     ctx = tune.get_context()
+    importlib.import_module("geomix.logs").quiet_ray_checkpoint_logs()
     if spec.num_workers == 0:
         trial_dir = Path(ctx.get_trial_dir())
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(trial_dir / "run")))
@@ -542,6 +543,10 @@ def _make_results_callback(spec: SweepSpec, env: Mapping[str, Any]):
 
         def __init__(self) -> None:
             self.spec, self.env = spec, dict(env)
+            self.finished = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            log.info("trial %s (%s) started", trial.trial_id, _describe(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             rows = history_rows(trial.trial_id, result)
@@ -555,7 +560,13 @@ def _make_results_callback(spec: SweepSpec, env: Mapping[str, Any]):
                             _error_text(trial) if error else result.get("error"), self.env,
                             _timing(trial))
             _results_module().write_rows(self.spec.results, "trials", [row])
-            log.info("trial %s (%s): %s", trial.trial_id, row["method"], status)
+            self.finished += 1
+            done = ""
+            if _is_num(row.get("rsum")) and math.isfinite(row["rsum"]):
+                done = f", test rsum {row['rsum']:.1f}, R@1 i→t {row.get('r1_i2t', float('nan')):.1f}"
+            wall = row.get("trial_wall_s")
+            log.info("trial %s (%s): %s%s%s [%d finished]", trial.trial_id, _describe(trial.config), status,
+                     done, f" in {wall:.0f} s" if wall else "", self.finished)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, error=False)
@@ -564,6 +575,11 @@ def _make_results_callback(spec: SweepSpec, env: Mapping[str, Any]):
             self._finish(trial, error=True)
 
     return ResultsCallback()
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    """``method, seed N`` for a log line (a search trial's config has its sampled overrides too)."""
+    return f"{config.get('method', 'trial')}, seed {config.get('seed', 0)}"
 
 
 def _timing(trial) -> dict[str, Any]:
@@ -780,6 +796,9 @@ def add_ray_arguments(parser) -> None:
     parser.add_argument("--gpus-per-worker", type=float, default=0.0,
                         help="GPUs of an in-process trial (may be fractional), or of each Ray Train worker "
                         "(0 or 1)")
+    parser.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2, 3),
+                        help="Ray Tune's console output: 0 = geomix's one line per trial start and end "
+                        "(default), 1 = also Tune's status tables, 2-3 = every reported result")
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="running trials at once (default: what the cluster's CPUs/GPUs hold)")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")

@@ -34,6 +34,7 @@ def _checkout() -> Path:
 ROOT = _checkout()
 sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
 
+from geomix import logs  # noqa: E402
 from geomix.results import METHOD_IDS, save_resolved_config  # noqa: E402
 from sweeps import _tune  # noqa: E402
 
@@ -78,7 +79,7 @@ def build(args: argparse.Namespace) -> tuple[_tune.SweepSpec, list[int], list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, seeds, cfgs = build(args)  # every config error surfaces here, before Ray starts
     t0 = time.perf_counter()
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         from ray import tune
 
         _tune.run_sweep(spec, param_space={"method": tune.grid_search(list(spec.methods)),
-                                           "seed": tune.grid_search(seeds)})
+                                           "seed": tune.grid_search(seeds)}, verbose=args.verbose)
     wall = time.perf_counter() - t0
     n = len(spec.methods) * len(seeds)
     print(f"\nsweep {spec.name}: {n} trials in {wall:.0f} s; results in {spec.results}\n")

@@ -37,6 +37,7 @@ ROOT = _checkout()
 sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
 
 from geomix import config as C  # noqa: E402
+from geomix import logs  # noqa: E402
 from geomix.results import read_results, save_resolved_config  # noqa: E402
 from sweeps import _tune  # noqa: E402
 
@@ -151,7 +152,7 @@ def build(args: argparse.Namespace) -> tuple[_tune.SweepSpec, dict[str, Any], C.
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, s, base_cfg = build(args)  # every config error surfaces here, before Ray starts
     t0 = time.perf_counter()
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             scheduler=_tune.make_asha(base_cfg.optim.epochs, grace_period=int(s["grace_period"]),
                                       reduction_factor=float(s["reduction_factor"])),
             num_samples=int(s["num_samples"]),
+            verbose=args.verbose,
         )
     trials, _ = read_results(spec.results)
     print(f"\nsearch {spec.name}: {len(trials)} trials in {time.perf_counter() - t0:.0f} s; "

@@ -132,6 +132,21 @@ def test_embedded_base_is_built_once_then_cached(tmp_path, monkeypatch):
     assert models.base_path(cfg, dataclasses.replace(data, base_styles=("flat",))) != path
 
 
+def test_embedded_base_does_not_depend_on_the_callers_rng(tmp_path):
+    """Two builds of one recipe, by callers in different RNG states, give the same weights (the cache key
+    is the recipe, so the file must not depend on who happened to build it first)."""
+    data = DataConfig(train_size=64, val_size=16, test_size=16)
+    built = []
+    for caller_seed in (1, 2):
+        cfg = _micro(pretrained=models.EMBEDDED_BASE, cache_dir=str(tmp_path / f"c{caller_seed}"),
+                     base_epochs=1, base_train_size=64, base_batch_size=32)
+        torch.manual_seed(caller_seed)
+        torch.rand(caller_seed * 7)
+        built.append(models.create(cfg, data_cfg=data)[0].state_dict())
+    for k in built[0]:
+        assert torch.equal(built[0][k], built[1][k]), k
+
+
 def test_embedded_base_needs_embedded_data():
     cfg = _micro(pretrained=models.EMBEDDED_BASE)
     with pytest.raises(ValueError, match="embedded-base"):
