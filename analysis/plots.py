@@ -209,7 +209,7 @@ def _pca2(x: np.ndarray) -> np.ndarray:
 
 
 def modality_gap(
-    trials: pd.DataFrame, out_dir: str | os.PathLike[str], max_points: int = 500, max_panels: int = 6
+    trials: pd.DataFrame, out_dir: str | os.PathLike[str], max_points: int = 500, max_panels: int = 12
 ) -> list[Path]:
     """Image vs text embeddings of one completed trial per method, joint PCA to 2-D, paired lines.
 
@@ -249,8 +249,12 @@ def modality_gap(
     if not panels:
         log.info("modality gap skipped: no readable embeddings files")
         return []
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3), squeeze=False)
-    for ax, (method, img, txt, t2i) in zip(axes[0], panels):
+    ncols = min(len(panels), 6)  # the paper's 12 rows as two rows of six panels
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (method, img, txt, t2i) in zip(axes.flat, panels):
         img, txt, t2i = img[:max_points], txt[:max_points], t2i[:max_points]
         xy = _pca2(np.concatenate([img, txt]))
         pi, pt = xy[: len(img)], xy[len(img) :]

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,21 +85,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = build_config(config, overrides)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    out_dir = tempfile.mkdtemp(prefix=f"geomix-rank{rank}-")
-    run_cfg = cfg.run
-    if run_cfg.out_dir is None or rank != 0:
-        # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
-        run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "out_dir": out_dir})
-    # Resume is Ray's job (get_checkpoint); never pick up a stale local folder.
-    run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "resume": False, "progress": False})
-    cfg = build_config({**to_dict(cfg), "run": to_dict(run_cfg)})
-    train.run(cfg, hooks=_RayHooks())
-    src = Path(run_cfg.out_dir) / "embeddings_test.npz"
-    if embeddings_to and rank == 0 and cfg.run.save_embeddings and src.is_file():
-        # rank 0's folder is local to its node: put the file where the sweep's results are
-        from geomix.results import save_file
+    scratch = tempfile.mkdtemp(prefix=f"geomix-rank{rank}-")
+    try:
+        run_cfg = cfg.run
+        if run_cfg.out_dir is None or rank != 0:
+            # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
+            run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "out_dir": scratch})
+        # Resume is Ray's job (get_checkpoint); never pick up a stale local folder.
+        run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "resume": False, "progress": False})
+        cfg = build_config({**to_dict(cfg), "run": to_dict(run_cfg)})
+        train.run(cfg, hooks=_RayHooks())
+        src = Path(run_cfg.out_dir) / "embeddings_test.npz"
+        if embeddings_to and rank == 0 and cfg.run.save_embeddings and src.is_file():
+            # rank 0's folder is local to its node: put the file where the sweep's results are
+            from geomix.results import save_file
 
-        save_file(embeddings_to[0], embeddings_to[1], src.read_bytes())
+            save_file(embeddings_to[0], embeddings_to[1], src.read_bytes())
+    finally:
+        # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def fit(

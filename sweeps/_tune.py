@@ -36,6 +36,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -337,14 +339,20 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     ctx = tune.get_context()
     importlib.import_module("geomix.logs").quiet_ray_checkpoint_logs()
     if spec.num_workers == 0:
-        trial_dir = Path(ctx.get_trial_dir())
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(trial_dir / "run")))
-        hooks = TuneHooks()
-        run_fn = spec.run_fn or importlib.import_module("geomix.train").run
-        summary = dict(run_fn(cfg, hooks=hooks))
-        last = hooks.last
-        if cfg.run.save_embeddings:
-            summary.update(_keep_embeddings(spec, ctx.get_trial_id(), trial_dir / "run"))
+        # Scratch space outside the trial folder: Ray syncs that folder to storage while the trial runs,
+        # and would trip over the run's half-written temp files. Checkpoints reach storage through
+        # tune.report, embeddings through _keep_embeddings; the rest goes with the folder.
+        scratch = Path(tempfile.mkdtemp(prefix=f"geomix-{ctx.get_trial_id()}-"))
+        try:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(scratch)))
+            hooks = TuneHooks()
+            run_fn = spec.run_fn or importlib.import_module("geomix.train").run
+            summary = dict(run_fn(cfg, hooks=hooks))
+            last = hooks.last
+            if cfg.run.save_embeddings:
+                summary.update(_keep_embeddings(spec, ctx.get_trial_id(), scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         summary["node_ids"] = summary.get("node_ids") or ray.get_runtime_context().get_node_id()
         summary["num_workers"] = 0  # in-process: no Ray Train worker group
     else:
