@@ -82,6 +82,9 @@ class SweepSpec:
         max_failures: retries of a trial's worker group (Train) or of the trial (Tune) after a crash.
         controller_failure_limit: Train controller retries; finite so a scheduling bug fails, not hangs.
         run_fn: in-process trial function, ``run(cfg, hooks=...) -> dict``; None = ``geomix.train.run``.
+        keep_checkpoints: keep a finished trial's checkpoints in storage. Off by default: they exist to
+            resume a trial that has not finished (~100 MB each for the tiny model, with optimizer state),
+            and a finished trial is never rerun; its metrics and embeddings are in the results folder.
     """
 
     name: str
@@ -95,6 +98,7 @@ class SweepSpec:
     max_failures: int = 1
     controller_failure_limit: int = 2
     run_fn: Callable[..., Mapping[str, Any]] | None = None
+    keep_checkpoints: bool = False
 
     def validate(self) -> SweepSpec:
         if not self.name or any(c in self.name for c in "/\\ "):
@@ -578,11 +582,31 @@ def _make_results_callback(spec: SweepSpec, env: Mapping[str, Any]):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, error=False)
+            if not self.spec.keep_checkpoints:
+                _drop_checkpoints(self.spec, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._finish(trial, error=True)
 
     return ResultsCallback()
+
+
+def _drop_checkpoints(spec: SweepSpec, trial) -> None:
+    """Delete a completed trial's ``checkpoint_*`` folders: Tune's (in-process trials) and, for Ray Train
+    trials, the Train run's. Best effort: a failure is logged, never raised (the row is already written)."""
+    from pyarrow import fs as pafs
+
+    try:
+        places = [(trial.storage.storage_filesystem, trial.storage.trial_fs_path)]
+        if spec.num_workers > 0:
+            places.append(_results_module()._resolve(_join(_join(spec.storage, "train"),
+                                                           trial_name(spec, trial.trial_id))))
+        for filesystem, folder in places:
+            for info in filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                    filesystem.delete_dir(info.path)
+    except Exception as e:  # cleanup only: never fail a sweep over it
+        log.warning("trial %s: could not delete its checkpoints (%r)", trial.trial_id, e)
 
 
 def _describe(config: Mapping[str, Any]) -> str:
@@ -682,6 +706,8 @@ def reconcile(spec: SweepSpec, path: str | None = None) -> int:
             continue
         error = trial.status == "ERROR"
         result = trial.last_result or {}
+        if not error and not spec.keep_checkpoints:  # a driver killed before its callback deleted them
+            _drop_checkpoints(spec, trial)
         rows.append(trial_row(spec, trial.trial_id, trial.config, result, trial_status(result, error),
                               _error_text(trial) if error else result.get("error"), env,
                               {"started_at": getattr(trial.run_metadata, "start_time", None)}))
@@ -810,6 +836,9 @@ def add_ray_arguments(parser) -> None:
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="running trials at once (default: what the cluster's CPUs/GPUs hold)")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep finished trials' checkpoints in storage (default: delete them once the "
+                        "trial's row is written; they are only needed to resume an unfinished trial)")
 
 
 def spec_from_args(args, sweep: Mapping[str, Any], *, methods: Mapping[str, Any] | None = None) -> SweepSpec:
@@ -823,7 +852,7 @@ def spec_from_args(args, sweep: Mapping[str, Any], *, methods: Mapping[str, Any]
         name=name, base=sweep["base"], results=results if "://" in results else str(Path(results).resolve()),
         storage=storage, methods=dict(methods or {}), num_workers=args.num_workers,
         gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures,
+        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
     ).validate()
 
 

@@ -84,6 +84,11 @@ def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
         assert col in trials.columns
     assert set(history.trial_id) >= set(ok.trial_id) and {"val", "test"} <= set(history.split)
     assert (res / "config.yaml").is_file()
+    # a finished trial's checkpoints are deleted once its row is written (only resume needed them)
+    for trial_id in trials.trial_id:
+        trial_dir = res / "ray" / "killed" / trial_id
+        assert trial_dir.is_dir()
+        assert not [p for p in trial_dir.glob("checkpoint_*") if p.is_dir()], trial_id
     # each finished trial's test embeddings are kept in the results folder, and the figure reads them
     import numpy as np
 

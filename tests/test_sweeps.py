@@ -87,3 +87,6 @@ def test_ray_train_trial_spreads_two_workers_over_two_nodes(two_node_cluster, ti
     # rank 0 (on one of the worker nodes) put its test embeddings into the results folder
     assert row["embeddings_path"] == f"embeddings/{row['trial_id']}.npz"
     assert (tmp_path / "res" / row["embeddings_path"]).stat().st_size > 0
+    # the Train run's checkpoints went once the trial finished
+    run_dir = tmp_path / "ray" / "train" / f"nodes-{row['trial_id']}"
+    assert run_dir.is_dir() and not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
