@@ -98,6 +98,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         imix = L.InputMixLoss(LossConfig(kind="imix"), rank=rank, world_size=WORLD, generator_seed=3)
         results["imix"] = _run_imix(imix, rows)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        # Both ranks leave together: a rank that tears gloo down while its peer is still in a collective
+        # makes the peer's gloo thread abort the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
