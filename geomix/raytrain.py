@@ -95,12 +95,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "resume": False, "progress": False})
         cfg = build_config({**to_dict(cfg), "run": to_dict(run_cfg)})
         train.run(cfg, hooks=_RayHooks())
-        src = Path(run_cfg.out_dir) / "embeddings_test.npz"
-        if embeddings_to and rank == 0 and cfg.run.save_embeddings and src.is_file():
+        if embeddings_to and rank == 0 and cfg.run.save_embeddings:
             # rank 0's folder is local to its node: put the file where the sweep's results are
-            from geomix.results import save_file
+            from geomix.results import keep_embeddings
 
-            save_file(embeddings_to[0], embeddings_to[1], src.read_bytes())
+            keep_embeddings(run_cfg.out_dir, *embeddings_to)
     finally:
         # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -28,6 +28,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -289,6 +290,17 @@ def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[
 
 #: Where a sweep puts each trial's evaluation embeddings, relative to the results folder.
 EMBEDDINGS_DIR = "embeddings"
+
+
+def keep_embeddings(
+    out_dir: str | os.PathLike[str], folder_or_uri: str | os.PathLike[str], name: str
+) -> str | None:
+    """Copy a run's final test embeddings (``<out_dir>/embeddings_test.npz``, written by ``geomix.train``
+    with ``run.save_embeddings``) to ``<folder>/<name>``; returns ``name``, or None when there are none."""
+    src = Path(out_dir) / "embeddings_test.npz"
+    if not src.is_file():
+        return None
+    return save_file(folder_or_uri, name, src.read_bytes())
 
 
 def has_file(folder_or_uri: str | os.PathLike[str], name: str) -> bool:

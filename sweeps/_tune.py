@@ -325,16 +325,6 @@ def embeddings_name(trial_id: str) -> str:
     return f"{_results_module().EMBEDDINGS_DIR}/{trial_id}.npz"
 
 
-def _keep_embeddings(spec: SweepSpec, trial_id: str, out_dir: Path) -> dict[str, str]:
-    """Copy the run's ``embeddings_test.npz`` into the results folder (the trial folder is Ray's scratch
-    space); ``{"embeddings_path": <relative path>}`` for the trial row, or {} when the run saved none."""
-    src = out_dir / "embeddings_test.npz"
-    if not src.is_file():
-        return {}
-    name = _results_module().save_file(spec.results, embeddings_name(trial_id), src.read_bytes())
-    return {"embeddings_path": name}
-
-
 def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     import ray
     from ray import tune
@@ -345,7 +335,7 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     if spec.num_workers == 0:
         # Scratch space outside the trial folder: Ray syncs that folder to storage while the trial runs,
         # and would trip over the run's half-written temp files. Checkpoints reach storage through
-        # tune.report, embeddings through _keep_embeddings; the rest goes with the folder.
+        # tune.report, embeddings through keep_embeddings; the rest goes with the folder.
         scratch = Path(tempfile.mkdtemp(prefix=f"geomix-{ctx.get_trial_id()}-"))
         try:
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(scratch)))
@@ -354,7 +344,9 @@ def _trainable(config: dict[str, Any], spec: SweepSpec) -> None:
             summary = dict(run_fn(cfg, hooks=hooks))
             last = hooks.last
             if cfg.run.save_embeddings:
-                summary.update(_keep_embeddings(spec, ctx.get_trial_id(), scratch))
+                name = embeddings_name(ctx.get_trial_id())
+                if kept := _results_module().keep_embeddings(scratch, spec.results, name):
+                    summary["embeddings_path"] = kept
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         summary["node_ids"] = summary.get("node_ids") or ray.get_runtime_context().get_node_id()

@@ -16,22 +16,10 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
+import geomix
 
-def _checkout() -> Path:
-    """The checkout holding ``sweeps/``: this file's parent folder, or, when the script was copied
-    elsewhere (``ray submit`` copies it to the head node's home), the checkout of the installed ``geomix``
-    (``pip install -e``)."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "sweeps" / "_tune.py").is_file():
-        return here
-    import geomix
-
-    return Path(geomix.__file__).resolve().parent.parent
-
-
-ROOT = _checkout()
+ROOT = geomix.checkout(__file__)
 sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
 
 from geomix import logs  # noqa: E402

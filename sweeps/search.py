@@ -17,23 +17,11 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
+import geomix
 
-def _checkout() -> Path:
-    """The checkout holding ``sweeps/``: this file's parent folder, or, when the script was copied
-    elsewhere (``ray submit`` copies it to the head node's home), the checkout of the installed ``geomix``
-    (``pip install -e``)."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "sweeps" / "_tune.py").is_file():
-        return here
-    import geomix
-
-    return Path(geomix.__file__).resolve().parent.parent
-
-
-ROOT = _checkout()
+ROOT = geomix.checkout(__file__)
 sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
 
 from geomix import config as C  # noqa: E402
