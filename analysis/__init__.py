@@ -1,6 +1,24 @@
-"""Paper tables and figures from geomix result folders (pandas, pyarrow, matplotlib, scipy, optuna).
+"""Paper tables and figures from geomix result folders (pandas, pyarrow; matplotlib, scipy and optuna are
+imported only when a figure, interval or importance is made).
 
-``python analysis/tables.py RESULTS... [--format markdown|latex|csv] [--out DIR] [--figures]``; the table
-builders (:mod:`analysis.tables`) and figures (:mod:`analysis.plots`) are pure functions of the frames that
-:func:`geomix.results.read_results` returns.
+``python analysis/tables.py RESULTS... [--format markdown|latex|csv] [--out DIR] [--figures]`` (or
+``geomix-tables``; :mod:`analysis.cli`). Every table is a pure function ``trials DataFrame -> Table`` of the
+frames :func:`store.read_results` returns, so it can be tested on a fixture and reused in a notebook:
+
+* :mod:`analysis.frame` - the shared vocabulary (from :mod:`geomix.registry`), frame preparation, method
+  order, per-seed statistics, cells and notes; under both the tables and :mod:`analysis.plots`;
+* :mod:`analysis.retrieval` - Table 1 (retrieval) and Table 2 (embedding quality, components on/off);
+* :mod:`analysis.hyper` - the Beta(α, β) grid, τ x method and λ policy x mixing level tables;
+* :mod:`analysis.search_tables` - an Optuna search's parameter importances and best trials;
+* :mod:`analysis.paired` - each method minus FT, paired by seed, with a t interval;
+* :mod:`analysis.build` - all of them in the paper's order, and writing them;
+* :mod:`analysis.render` (Markdown, LaTeX, CSV), :mod:`analysis.stats` (intervals, number formats).
+
+:func:`summary` is the one function the sweeps call: the Markdown Table 1 of a results folder. (It shadows
+the module :mod:`analysis.summary` as an attribute of the package; ``from analysis.summary import
+summary`` imports the same function.)
 """
+
+from analysis.summary import summary
+
+__all__ = ["summary"]

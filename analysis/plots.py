@@ -24,15 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.tables import (  # noqa: E402
+from analysis.frame import (  # noqa: E402
     OK,
-    TERMS,
     axis_levels,
     direction,
     display_name,
     method_order,
     prepare,
     searched_columns,
+    term_symbols,
 )
 
 log = logging.getLogger("analysis.plots")
@@ -58,9 +58,9 @@ def beta_heatmap(trials: pd.DataFrame, out_dir: str | os.PathLike[str], metric: 
     if metric not in df.columns:
         log.info("beta heatmap skipped: no %s column", metric)
         return paths
-    for term, name in TERMS.items():
+    for term, name in term_symbols(df).items():
         a_col, b_col, w_col = f"mix.{term}.alpha", f"mix.{term}.beta", f"loss.w_{term}"
-        if a_col not in df.columns or w_col not in df.columns:
+        if a_col not in df.columns:
             continue
         use = df[(pd.to_numeric(df[w_col], errors="coerce").fillna(0) > 0) & (df["status"] == OK)]
         if f"mix.{term}.policy" in use.columns:
@@ -164,7 +164,9 @@ def learning_curves(
         log.info("learning curves skipped: history has no %s %s", split, metric)
         return []
     t = prepare(trials)
-    t = t[(t["status"] == OK) & (t["method"] != "search")][["trial_id", "method"]]
+    t = t[(t["status"] == OK) & (t["method"] != "search")]
+    order = method_order(t)  # while t still has method_rank
+    t = t[["trial_id", "method"]]
     data = pd.DataFrame({"trial_id": history["trial_id"].astype(str), "step": history["step"], "v": values})
     data = data.dropna().merge(t, on="trial_id")
     if data.empty:
@@ -173,7 +175,8 @@ def learning_curves(
     agg = data.groupby(["method", "step"])["v"].agg(["mean", "std", "count"]).reset_index()
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
     colours = plt.get_cmap("tab20")
-    for i, method in enumerate(method_order(agg["method"].unique())):
+    present = set(agg["method"])
+    for i, method in enumerate(m for m in order if m in present):
         a = agg[agg["method"] == method].sort_values("step")
         style = {
             "color": colours(i % 20),
@@ -227,9 +230,10 @@ def modality_gap(
         )
         return []
     ok = df[(df["status"] == OK) & df[column].notna()].rename(columns={column: "_emb"})
+    order = method_order(ok)  # before sorting, which would make first appearance alphabetical
     ok = ok.sort_values(["method", "seed"], kind="stable")
     panels = []
-    for method in method_order(ok["method"].unique()):
+    for method in order:
         if method == "search":
             continue
         row = ok[ok["method"] == method].iloc[0]

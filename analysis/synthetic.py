@@ -1,7 +1,8 @@
 """Synthetic result frames with the real schema, for the tables benchmark and for trying the analysis.
 
 The numbers are made up (a method effect plus seed noise); the columns are exactly what a sweep writes:
-the flattened :class:`geomix.config.TrainConfig`, the metrics, status and bookkeeping columns.
+the flattened :class:`geomix.config.TrainConfig`, the metrics (:data:`store.METRIC_COLUMNS`), status and
+bookkeeping columns (``method_rank`` for the ablation's rows).
 """
 
 from __future__ import annotations
@@ -10,42 +11,26 @@ import numpy as np
 import pandas as pd
 
 from geomix.config import TrainConfig, flatten, to_dict
-from geomix.results import METRIC_COLUMNS, SCHEMA_VERSION
+from store import METRIC_COLUMNS, SCHEMA_VERSION
 
-#: How each ablation method differs from the default config (as a sweep config would set it).
-METHOD_OVERRIDES: dict[str, dict[str, object]] = {
-    "zs": {},
-    "ft": {},
-    "ft_tau0.05": {"loss.tau": 0.05},
-    "ft_tau0.10": {"loss.tau": 0.10},
-    "imix": {"loss.kind": "imix"},
-    "unmix": {"loss.kind": "unmix"},
-    "m2_mix": {"loss.w_m2": 0.01},
-    "v_mix": {"loss.w_v": 0.05},
-    "l_mix": {"loss.w_l": 0.05},
-    "vl_mix": {"loss.w_vl": 0.1},
-    "m3_mix": {"loss.w_m2": 0.01, "loss.w_v": 0.05, "loss.w_l": 0.05, "loss.w_vl": 0.1},
-    "m3_mix_linear": {
-        "loss.w_m2": 0.01,
-        "loss.w_v": 0.05,
-        "loss.w_l": 0.05,
-        "loss.w_vl": 0.1,
-        "mix.geometry": "linear",
-    },
-}
-_EFFECT = {
-    "zs": -25.0,
-    "ft": 0.0,
-    "ft_tau0.05": -1.0,
-    "ft_tau0.10": -6.0,
-    "imix": -3.0,
-    "unmix": -1.0,
-    "m2_mix": 1.0,
-    "v_mix": 0.5,
-    "l_mix": 0.3,
-    "vl_mix": 0.8,
-    "m3_mix": 2.0,
-    "m3_mix_linear": 1.2,
+#: The ablation's methods: made-up effect on the latent quality, and how each differs from the default
+#: config (as a sweep config would set it).
+METHODS: dict[str, tuple[float, dict[str, object]]] = {
+    "zs": (-25.0, {}),
+    "ft": (0.0, {}),
+    "ft_tau0.05": (-1.0, {"loss.tau": 0.05}),
+    "ft_tau0.10": (-6.0, {"loss.tau": 0.10}),
+    "imix": (-3.0, {"loss.kind": "imix"}),
+    "unmix": (-1.0, {"loss.kind": "unmix"}),
+    "m2_mix": (1.0, {"loss.w_m2": 0.01}),
+    "v_mix": (0.5, {"loss.w_v": 0.05}),
+    "l_mix": (0.3, {"loss.w_l": 0.05}),
+    "vl_mix": (0.8, {"loss.w_vl": 0.1}),
+    "m3_mix": (2.0, {"loss.w_m2": 0.01, "loss.w_v": 0.05, "loss.w_l": 0.05, "loss.w_vl": 0.1}),
+    "m3_mix_linear": (
+        1.2,
+        {"loss.w_m2": 0.01, "loss.w_v": 0.05, "loss.w_l": 0.05, "loss.w_vl": 0.1, "mix.geometry": "linear"},
+    ),
 }
 
 
@@ -82,15 +67,15 @@ def synthetic_trials(
     base = flatten(to_dict(TrainConfig()))
     n_search = int(round(n_trials * search_frac))
     n_abl = n_trials - n_search
-    methods = list(METHOD_OVERRIDES)
+    methods = list(METHODS)
     abl_method = [methods[i % len(methods)] for i in range(n_abl)]
     abl_seed = [(i // len(methods)) % seeds for i in range(n_abl)]
     cols: dict[str, list[object]] = {k: [v] * n_trials for k, v in base.items()}
     method = abl_method + ["search"] * n_search
     for i, m in enumerate(abl_method):
-        for k, v in METHOD_OVERRIDES[m].items():
+        for k, v in METHODS[m][1].items():
             cols[k][i] = v
-    quality = np.array([_EFFECT.get(m, 0.0) for m in method]) + rng.normal(0, 0.7, n_trials)
+    quality = np.array([METHODS.get(m, (0.0,))[0] for m in method]) + rng.normal(0, 0.7, n_trials)
     if n_search:
         s = slice(n_abl, n_trials)
         alpha = rng.uniform(0.1, 2.0, n_search)
@@ -110,7 +95,10 @@ def synthetic_trials(
     df.insert(1, "trial_id", [f"t{i:05d}" for i in range(n_trials)])
     df.pop("method")
     df.insert(2, "method", method)
-    df.insert(3, "seed", df["run.seed"])
+    # The position in the sweep YAML's methods, as an ablation writes it; search trials have none.
+    rank = {m: i for i, m in enumerate(methods)}
+    df.insert(3, "method_rank", pd.array([rank.get(m) for m in method], dtype="Int64"))
+    df.insert(4, "seed", df["run.seed"])
     status = rng.choice(
         ["completed", "failed", "diverged", "early_stopped"],
         n_trials,
@@ -124,24 +112,3 @@ def synthetic_trials(
     df["wall_s"] = rng.uniform(10, 20, n_trials)
     df["schema_version"] = SCHEMA_VERSION
     return df
-
-
-def synthetic_history(trials: pd.DataFrame, *, evals: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Validation learning curves (``split='val'``) for every trial: rsum rising to its final value."""
-    rng = np.random.default_rng(seed)
-    n = len(trials)
-    final = pd.to_numeric(trials["rsum"], errors="coerce").fillna(200.0).to_numpy()
-    steps = np.arange(1, evals + 1) * 20
-    frac = 1 - np.exp(-steps / 30.0)
-    rsum = final[:, None] * frac[None, :] + rng.normal(0, 2.0, (n, evals))
-    return pd.DataFrame(
-        {
-            "trial_id": np.repeat(trials["trial_id"].to_numpy(), evals),
-            "step": np.tile(steps, n),
-            "epoch": np.tile(np.arange(1, evals + 1), n),
-            "split": "val",
-            "rsum": rsum.ravel(),
-            "train_loss": np.tile(2.0 / (1 + steps / 20.0), n),
-            "schema_version": SCHEMA_VERSION,
-        }
-    )

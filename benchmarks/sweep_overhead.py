@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from geomix import config as C  # noqa: E402
-from sweeps import _tune  # noqa: E402
+import store
+from geomix import config as C
+from sweeps import cli, runner, session
+from sweeps.spec import SweepSpec, resolve_trial, trial_config
 
 # ~20 s per trial on one core of the 2-core dev machine; a small base model: its quality is not measured.
 BASE = {
@@ -35,10 +35,10 @@ BASE = {
 }
 
 
-def _spec(base: dict, tmp: Path, mode: str) -> _tune.SweepSpec:
-    return _tune.SweepSpec(name=f"overhead-{mode}", base=base, results=str(tmp / mode / "results"),
-                           storage=str(tmp / mode / "ray"), methods={"ft": {}}, max_concurrent=1,
-                           num_workers=1 if mode == "train" else 0, max_failures=0)
+def _spec(base: dict, tmp: Path, mode: str) -> SweepSpec:
+    return SweepSpec(name=f"overhead-{mode}", base=base, results=str(tmp / mode / "results"),
+                     storage=str(tmp / mode / "ray"), methods={"ft": {}}, max_concurrent=1,
+                     num_workers=1 if mode == "train" else 0, max_failures=0)
 
 
 def run_loop(base: dict, seeds: list[int], tmp: Path) -> float:
@@ -47,7 +47,7 @@ def run_loop(base: dict, seeds: list[int], tmp: Path) -> float:
     spec = _spec(base, tmp, "loop")
     t0 = time.perf_counter()
     for seed in seeds:
-        cfg = _tune.resolve_trial(spec, {"method": "ft", "seed": seed})
+        cfg = resolve_trial(spec, "ft", seed)
         out = tmp / "loop" / f"trial{seed}"  # checkpoints written like the sweep's
         cfg = C.build_config(C.merge(C.to_dict(cfg), {"run": {"out_dir": str(out)}}))
         result = train.run(cfg)
@@ -57,15 +57,12 @@ def run_loop(base: dict, seeds: list[int], tmp: Path) -> float:
 
 def run_sweep(base: dict, seeds: list[int], tmp: Path, mode: str) -> tuple[float, list[float]]:
     """Wall time of the sweep, and each trial's own wall time (``trial_wall_s``, in trial order)."""
-    from ray import tune
-
-    from geomix.results import read_results
-
     spec = _spec(base, tmp, mode)
+    trials = [trial_config(resolve_trial(spec, "ft", seed)) for seed in seeds]  # resolved before timing
     t0 = time.perf_counter()
-    _tune.run_sweep(spec, param_space={"method": "ft", "seed": tune.grid_search(seeds)}, verbose=0)
+    runner.run_sweep(spec, trials=trials, verbose=0)
     wall = time.perf_counter() - t0
-    trials, _ = read_results(spec.results)
+    trials, _ = store.read_results(spec.results)
     assert len(trials) == len(seeds) and (trials.status == "completed").all(), trials[["status", "error"]]
     return wall, trials.sort_values("started_at")["trial_wall_s"].astype(float).tolist()
 
@@ -90,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.trials))
     with tempfile.TemporaryDirectory(prefix="geomix-overhead-") as tmp_name:
         tmp = Path(tmp_name)
-        cfg = _tune.validate_trials(_spec(base, tmp, "loop"), [{"method": "ft", "seed": 0}])[0]
-        _tune.prepare_base_models([cfg])  # built once, outside every timing
+        cfg = resolve_trial(_spec(base, tmp, "loop"), "ft", 0)
+        cli.prepare_base_models([cfg])  # built once, outside every timing
         loops = [run_loop(base, seeds, tmp / "before")]
         t0 = time.perf_counter()
-        _tune.start_ray("local")
+        session.start_ray("local")
         ray_start = time.perf_counter() - t0
         walls, inside = {}, {}
         for mode in modes:

@@ -4,28 +4,26 @@
     python benchmarks/tables_speed.py --trials 300    # quick
 
 The synthetic frame has the real schema (every TrainConfig column, metrics, statuses; half ablation methods x
-seeds, half search trials). It is written through ``geomix.results.write_rows`` and read back with
-``read_results``, so the timing covers what ``python analysis/tables.py RESULTS`` does, minus interpreter
-start-up. "cold" is the first build in this process (it includes the lazy imports of scipy and optuna);
-"warm" is a second build.
+seeds, half search trials). It is written through ``store.write_rows`` and read back with
+``store.read_results``, so the timing covers what ``python analysis/tables.py RESULTS`` does, minus
+interpreter start-up. "cold" is the first build in this process (it includes the lazy imports of scipy
+and optuna); "warm" is a second build.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # the repository root (analysis/ is not installed)
-
-from analysis import tables as T  # noqa: E402
-from analysis._render import render  # noqa: E402
-from analysis.synthetic import synthetic_trials  # noqa: E402
-from geomix import results as R  # noqa: E402
+import store
+from analysis.build import build_tables
+from analysis.hyper import table_beta_grid, table_policy_level, table_tau
+from analysis.paired import table_paired
+from analysis.render import render
+from analysis.retrieval import table_quality, table_retrieval
+from analysis.search_tables import table_param_importance, table_top_trials
+from analysis.synthetic import synthetic_trials
 
 TARGET_S = 5.0
 
@@ -44,21 +42,21 @@ def main() -> None:
         parser.error(f"--trials={args.trials} is invalid: allowed an integer >= 20")
     trials = synthetic_trials(args.trials, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        _, write_s = _timed(R.write_rows, tmp, "trials", trials.to_dict("records"))
-        (read, _), read_s = _timed(R.read_results, tmp)
-    tables, cold_s = _timed(T.build_tables, read)
-    _, warm_s = _timed(T.build_tables, read)
+        _, write_s = _timed(store.write_rows, tmp, "trials", trials.to_dict("records"))
+        (read, _), read_s = _timed(store.read_results, tmp)
+    tables, cold_s = _timed(build_tables, read)
+    _, warm_s = _timed(build_tables, read)
     _, render_s = _timed(lambda: [render(t, f) for t in tables for f in ("markdown", "latex", "csv")])
     per_table = []
     for fn in (
-        T.table_retrieval,
-        T.table_quality,
-        T.table_beta_grid,
-        T.table_tau,
-        T.table_policy_level,
-        T.table_param_importance,
-        T.table_top_trials,
-        T.table_paired,
+        table_retrieval,
+        table_quality,
+        table_beta_grid,
+        table_tau,
+        table_policy_level,
+        table_param_importance,
+        table_top_trials,
+        table_paired,
     ):
         per_table.append((fn.__name__, _timed(fn, read)[1]))
     total = read_s + cold_s + render_s

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 #: Loggers that report progress at INFO on the console.
-OWN_LOGGERS: tuple[str, ...] = ("geomix", "sweeps", "analysis", "__main__")
+OWN_LOGGERS: tuple[str, ...] = ("geomix", "store", "sweeps", "analysis", "__main__")
 
 
 def setup(fmt: str = "%(asctime)s %(name)s: %(message)s", level: int = logging.INFO) -> None:

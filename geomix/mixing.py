@@ -1,4 +1,4 @@
-"""How a mix term picks its λ and its partners each step (``losses.md``, *λ policies*, *Partners*).
+"""How a mix term picks its λ and its partners each step (``docs/losses.md``, *λ policies*, *Partners*).
 
 λ policies (built from a :class:`~geomix.config.LambdaConfig` by :func:`build_lambda_policy`):
 
@@ -11,13 +11,14 @@
   by sliced Wasserstein with fixed random projections, or exactly with POT.
 - ``history``: a temporal ensemble of Beta draws, ``λ_t = m·λ_{t-1} + (1-m)·u_t``, ``u_t ~ Beta(α, β)``,
   ``λ_0 = E[u] = α/(α+β)``, ``m = momentum``. This is the "historical λ" of the mixing design space
-  (``paper-facts.md``): each step's λ remembers the previous ones, so λ drifts smoothly around the Beta
+  (P-Mixup, RecursiveMix): each step's λ remembers the previous ones, so λ drifts smoothly around the Beta
   mean instead of jumping every step (its variance is ``(1-m)/(1+m)`` of the Beta's). The *partner* side of
-  RecursiveMix ("mix with the previous batch") is the ``history`` partner policy below.
+  RecursiveMix ("mix with the previous batch") is the ``history`` partner policy.
 
 Partner policies (:func:`build_partner_policy`): ``reverse`` (``i ↦ n-1-i``), ``random`` (a uniformly random
 derangement, no fixed points), ``history`` (partners are the previous step's detached embeddings, held in
-:class:`HistoryPartner`).
+:class:`HistoryPartner`). They live in :mod:`geomix.partners` and are re-exported here, so that one import
+gives a loss everything it draws per step.
 
 All randomness comes from a ``torch.Generator`` the caller passes in (or, for the fixed projections of the
 sliced estimator, one seeded from the policy's ``seed``), so the same seed gives the same λ and partners,
@@ -33,7 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomix.config import LAMBDA_POLICIES, PARTNER_POLICIES, LambdaConfig, check_choice, check_range
+from geomix import partners as _partners
+from geomix.checks import check_choice, check_range, fail
+from geomix.config import WASSERSTEIN_ESTIMATORS, LambdaConfig
+from geomix.partners import (  # noqa: F401 - re-exported, listed in __all__ through _partners.__all__
+    HistoryPartner,
+    PartnerPolicy,
+    RandomPartner,
+    ReversePartner,
+    build_partner_policy,
+    random_derangement,
+)
 
 __all__ = [
     "LambdaPolicy",
@@ -42,27 +53,27 @@ __all__ = [
     "ProgressiveLambda",
     "HistoryLambda",
     "build_lambda_policy",
-    "PartnerPolicy",
-    "ReversePartner",
-    "RandomPartner",
-    "HistoryPartner",
-    "build_partner_policy",
-    "random_derangement",
     "sliced_wasserstein",
     "exact_wasserstein",
     "sample_beta",
+    *_partners.__all__,  # re-exported: a loss imports everything it draws per step from here
 ]
 
 _DIST_EPS = 1e-8
 
 
-def sample_beta(generator: torch.Generator, alpha: float, beta: float) -> float:
-    """One draw from ``Beta(alpha, beta)`` driven only by ``generator``.
+def sample_beta(
+    generator: torch.Generator, alpha: float, beta: float, size: int | None = None
+) -> float | np.ndarray:
+    """Draws from ``Beta(alpha, beta)`` driven only by ``generator``: one float, or ``size`` of them.
 
-    ``torch.distributions.Beta`` takes no generator, so numpy draws from a seed that ``generator`` supplies.
+    ``torch.distributions.Beta`` takes no generator, so numpy draws from a seed that ``generator`` supplies
+    (one ``randint`` from the generator per call, whatever ``size``). The one Beta sampler of geomix: λ
+    policies and the input-level baselines both call it.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return float(np.random.default_rng(seed).beta(alpha, beta))
+    rng = np.random.default_rng(seed)
+    return float(rng.beta(alpha, beta)) if size is None else rng.beta(alpha, beta, size=size)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +93,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: torch.Tens
         The distance as a Python float.
     """
     if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"y.shape={tuple(y.shape)} is invalid: allowed the shape of x, {tuple(x.shape)}")
+        fail("y.shape", tuple(y.shape), f"the shape of x, {tuple(x.shape)}")
     p = projections.to(device=x.device, dtype=torch.float32)
     xs = (x.detach().float() @ p).sort(dim=0).values
     ys = (y.detach().float() @ p).sort(dim=0).values
@@ -229,7 +240,7 @@ class ProgressiveLambda(LambdaPolicy):
     ) -> None:
         check_range("temperature", temperature, 0.0, None, lo_open=True)
         check_range("sigma", sigma, 0.0, 1.0)
-        check_choice("estimator", estimator, ("sliced", "exact"))
+        check_choice("estimator", estimator, WASSERSTEIN_ESTIMATORS)
         check_range("n_projections", n_projections, 1, None)
         if estimator == "exact":
             _require_pot()
@@ -310,16 +321,13 @@ class ProgressiveLambda(LambdaPolicy):
             self.seed, self._proj = int(state["seed"]), None
 
 
-def build_lambda_policy(cfg: LambdaConfig, *, seed: int = 0, prefix: str = "lambda") -> LambdaPolicy:
-    """The policy ``cfg.policy`` names, after ``cfg.validate(prefix)`` (bad values raise ``ValueError``).
+def build_lambda_policy(cfg: LambdaConfig, *, seed: int = 0) -> LambdaPolicy:
+    """The policy ``cfg.policy`` names (``cfg`` was validated when it was built).
 
     Args:
         cfg: the term's :class:`~geomix.config.LambdaConfig`.
         seed: seeds what is fixed once (the sliced estimator's projections).
-        prefix: the dotted config path used in error messages (e.g. ``'mix.m2'``).
     """
-    check_choice(f"{prefix}.policy", cfg.policy, LAMBDA_POLICIES)
-    cfg.validate(prefix)
     if cfg.policy == "beta":
         return BetaLambda(cfg.alpha, cfg.beta)
     if cfg.policy == "fixed":
@@ -327,101 +335,3 @@ def build_lambda_policy(cfg: LambdaConfig, *, seed: int = 0, prefix: str = "lamb
     if cfg.policy == "progressive":
         return ProgressiveLambda(cfg.temperature, cfg.sigma, cfg.estimator, cfg.n_projections, seed)
     return HistoryLambda(cfg.alpha, cfg.beta, cfg.momentum)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# partner policies
-
-
-def random_derangement(n: int, generator: torch.Generator, max_tries: int = 100) -> torch.Tensor:
-    """A uniformly random permutation of ``0..n-1`` with no fixed point (``n >= 2``), by rejection.
-
-    A random permutation is a derangement with probability ≈ 1/e, so ``max_tries`` is never reached in
-    practice; if it were, a random ``n``-cycle (always a derangement) is returned instead.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n={n!r} is invalid: allowed an integer n >= 2 (a derangement needs two rows)")
-    ar = torch.arange(n)
-    for _ in range(max_tries):
-        perm = torch.randperm(n, generator=generator)
-        if not bool((perm == ar).any()):
-            return perm
-    order = torch.randperm(n, generator=generator)  # pragma: no cover - probability ~ e^-100
-    perm = torch.empty_like(order)
-    perm[order] = order.roll(-1)
-    return perm
-
-
-class PartnerPolicy(abc.ABC):
-    """Maps a batch size to partner indices ``π`` (``[n]`` int64), or ``None`` for history partners."""
-
-    name = "base"
-
-    @abc.abstractmethod
-    def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        """Partner indices for a batch of ``n`` rows."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless by default)
-        pass
-
-
-class ReversePartner(PartnerPolicy):
-    """``π(i) = n-1-i`` (the authors' choice; for odd ``n`` the middle row is its own partner)."""
-
-    name = "reverse"
-
-    def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        if n < 2:
-            raise ValueError(f"n={n!r} is invalid: allowed n >= 2")
-        return torch.arange(n - 1, -1, -1)
-
-
-class RandomPartner(PartnerPolicy):
-    """A uniformly random derangement from the generator."""
-
-    name = "random"
-
-    def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return random_derangement(n, generator)
-
-
-class HistoryPartner(PartnerPolicy):
-    """Partners are the previous step's detached ``(img, txt)`` embeddings (RecursiveMix-style).
-
-    :meth:`remember` stores a step's embeddings; :meth:`memory` gives them back when the batch size
-    matches, else ``None`` (the first step, or a short last batch), in which case the caller falls back to
-    ``fallback`` (reverse) partners for that step.
-    """
-
-    name = "history"
-
-    def __init__(self) -> None:
-        self.fallback = ReversePartner()
-        self._img: torch.Tensor | None = None
-        self._txt: torch.Tensor | None = None
-
-    def __call__(self, n: int, generator: torch.Generator) -> None:
-        return None
-
-    def remember(self, img: torch.Tensor, txt: torch.Tensor) -> None:
-        self._img, self._txt = img.detach().clone(), txt.detach().clone()
-
-    def memory(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self._img is None or self._img.shape[0] != n:
-            return None
-        return self._img.to(device), self._txt.to(device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"img": self._img, "txt": self._txt}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._img, self._txt = state["img"], state["txt"]
-
-
-def build_partner_policy(name: str, *, prefix: str = "mix.partner") -> PartnerPolicy:
-    """``reverse`` | ``random`` | ``history``; anything else raises ``ValueError`` listing those."""
-    check_choice(prefix, name, PARTNER_POLICIES)
-    return {"reverse": ReversePartner, "random": RandomPartner, "history": HistoryPartner}[name]()

@@ -1,9 +1,9 @@
 """Points on the unit hypersphere: normalisation, geodesic (slerp) and linear mixing of embeddings.
 
 The geodesic mix follows the m²-Mix paper (eq. 3) with the weight ``λ`` on the **first** argument:
-``geodesic_mix(a, b, 1) == a`` and ``geodesic_mix(a, b, 0) == b`` (``losses.md``, *Geodesic mix*).
+``geodesic_mix(a, b, 1) == a`` and ``geodesic_mix(a, b, 0) == b`` (``docs/losses.md``, *Geodesic mix*).
 
-Numerics (``docs/style.md`` 6): all math runs in float32 whatever the input dtype, ``acos`` only ever sees
+Numerics: all math runs in float32 whatever the input dtype, ``acos`` only ever sees
 values strictly inside ``(-1, 1)`` on the branch that uses it, and every branch of the ``torch.where`` is
 computed with safe denominators so that the branch *not* taken cannot leak NaN into the gradient
 (``where`` multiplies the unused branch's gradient by zero, and ``0 * inf`` is NaN).
@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from geomix.config import check_range
+from geomix.checks import check_range
 
 __all__ = ["normalize", "geodesic_mix", "linear_mix", "check_features", "check_lam"]
 

@@ -7,27 +7,28 @@
 
 Re-running the same command resumes an interrupted sweep (finished trials are not rerun). Results land in
 ``--results`` (default ``results/<name>/``): ``trials.parquet``, ``history.parquet``, ``config.yaml``.
-The grid is Tune's own grid search (methods x seeds); the hyper-parameter search is ``search.py``.
+The grid is Tune's own grid search (methods x seeds); the hyper-parameter search is ``search.py``. Method
+rows are open: any id the sweep YAML defines is a method (``sweeps/configs/ablation.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
 
-import geomix
+import store
+from geomix import logs
+from geomix.config import TrainConfig
+from sweeps import cli as common
+from sweeps.runner import run_sweep
+from sweeps.schema import load_sweep
+from sweeps.session import ray_session
+from sweeps.spec import SweepSpec, resolve_trial, trial_config
 
-ROOT = geomix.checkout(__file__)
-sys.path.insert(0, str(ROOT))  # `sweeps` is a folder beside `geomix`, not an installed package
-
-from geomix import logs  # noqa: E402
-from geomix.results import METHOD_IDS, save_resolved_config  # noqa: E402
-from sweeps import _tune  # noqa: E402
-
-log = logging.getLogger("sweeps.ablation")
-DEFAULT_CONFIG = ROOT / "sweeps" / "configs" / "ablation.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ablation.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,57 +39,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sweep YAML (name, seeds, base, methods)")
     parser.add_argument("--methods", help="comma-separated subset of the config's method rows")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
-    _tune.add_ray_arguments(parser)
+    common.add_ray_arguments(parser)
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace) -> tuple[_tune.SweepSpec, list[int], list]:
-    """The sweep spec and seeds from the YAML and the command line, every trial validated (no Ray yet)."""
-    sweep = _tune.load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
-    methods = sweep["methods"]
-    if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-        missing = [m for m in wanted if m not in methods]
+def select_methods(rows: Mapping[str, Any], wanted: str | None) -> dict[str, Any]:
+    """The method rows ``--methods`` names (in its order), or all of them."""
+    methods = dict(rows)
+    if wanted:
+        names = [m.strip() for m in wanted.split(",") if m.strip()]
+        missing = [m for m in names if m not in methods]
         if missing:
             raise ValueError(f"--methods {','.join(missing)} is invalid: allowed {', '.join(methods)}")
-        methods = {m: methods[m] for m in wanted}
+        methods = {m: methods[m] for m in names}
     if not methods:
         raise ValueError("methods={} is invalid: allowed is at least one method row")
-    unknown = [m for m in methods if m not in METHOD_IDS]
-    if unknown:
-        raise ValueError(f"method ids {unknown} are invalid: allowed {', '.join(METHOD_IDS)}")
+    return methods
+
+
+def parse_seeds(text: str | None, default: tuple[int, ...]) -> list[int]:
     try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else sweep["seeds"]
+        return [int(s) for s in text.split(",")] if text else list(default)
     except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r} is invalid: allowed comma-separated integers") from None
-    spec = _tune.spec_from_args(args, sweep, methods=methods)
-    cfgs = _tune.validate_trials(spec, [{"method": m, "seed": s} for m in methods for s in seeds])
-    return spec, seeds, cfgs
+        raise ValueError(f"--seeds {text!r} is invalid: allowed comma-separated integers") from None
+
+
+def build(args: argparse.Namespace) -> tuple[SweepSpec, list[int], list[TrainConfig], list[dict[str, Any]]]:
+    """The spec, the seeds, and every trial's TrainConfig and trial config, resolved (so validated) here,
+    before Ray starts; seed by seed, methods within a seed (the order of the trial ids)."""
+    sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
+    spec = common.spec_from_args(args, sweep, methods=select_methods(sweep.methods, args.methods))
+    seeds = parse_seeds(args.seeds, sweep.seeds)
+    rank = {m: i for i, m in enumerate(sweep.methods)}  # the analysis orders rows as the YAML does
+    cfgs = [resolve_trial(spec, m, s) for s in seeds for m in spec.methods]
+    return spec, seeds, cfgs, [trial_config(c, method_rank=rank[c.method]) for c in cfgs]
 
 
 def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    spec, seeds, cfgs = build(args)  # every config error surfaces here, before Ray starts
+    spec, seeds, cfgs, trials = build(args)  # every config error surfaces here, before Ray starts
     t0 = time.perf_counter()
-    save_resolved_config(spec.results, {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
-                                        "methods": {k: dict(v) for k, v in spec.methods.items()}})
-    _tune.prepare_base_models(cfgs)
-    with _tune.ray_session(args.address):
-        from ray import tune
-
-        _tune.run_sweep(spec, param_space={"method": tune.grid_search(list(spec.methods)),
-                                           "seed": tune.grid_search(seeds)}, verbose=args.verbose)
-    wall = time.perf_counter() - t0
-    n = len(spec.methods) * len(seeds)
-    print(f"\nsweep {spec.name}: {n} trials in {wall:.0f} s; results in {spec.results}\n")
-    _tune.print_summary(spec.results)
+    store.save_resolved_config(spec.results, {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
+                                              "methods": {k: dict(v) for k, v in spec.methods.items()}})
+    common.prepare_base_models(cfgs)
+    with ray_session(args.address):
+        run_sweep(spec, trials=trials, verbose=args.verbose)
+    common.print_summary(spec, len(trials), time.perf_counter() - t0)
     return 0
 
 
+def cli() -> NoReturn:
+    """The ``geomix-ablation`` console script."""
+    common.cli(main)
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as e:  # a bad config or argument: one clear line, before anything started
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli()

@@ -18,21 +18,17 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `sweeps` is a folder of scripts at the repo root, not an installed package
-    sys.path.insert(0, str(ROOT))
-
 
 @pytest.fixture
 def local_ray():
-    """A 2-CPU local Ray with the sweep's trial-slot resource, as ``sweeps._tune.start_ray`` starts it;
+    """A 2-CPU local Ray with the sweep's trial-slot resource, as ``sweeps.session.start_ray`` starts it;
     yields its ``RayContext`` (``.dashboard_url`` for the State API of exactly this cluster)."""
     ray = pytest.importorskip("ray")
-    from sweeps import _tune
+    from sweeps import session
 
     if ray.is_initialized():  # a leftover of an earlier test in this process, never another user's Ray
         ray.shutdown()
-    context = _tune.start_ray("local", num_cpus=2)
+    context = session.start_ray("local", num_cpus=2)
     try:
         yield context
     finally:
@@ -46,13 +42,13 @@ def two_node_cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from sweeps import _tune
+    from sweeps import session
 
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "resources": {_tune.TRIAL_SLOT: 100}, "include_dashboard": True},
+        head_node_args={"num_cpus": 0, "resources": {session.TRIAL_SLOT: 100}, "include_dashboard": True},
     )
     try:
         for _ in range(2):
@@ -135,7 +131,7 @@ def standin_run(cfg, *, hooks=None):
 
 @pytest.fixture
 def standin():
-    """The stand-in trial functions, shipped to Ray workers by value (tests/ is not on their sys.path)."""
+    """The stand-in trial functions, shipped to Ray workers by value (the workers cannot import tests/)."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

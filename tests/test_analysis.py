@@ -1,10 +1,12 @@
 """analysis/: tables on fixtures with known values (means, ddof=1 stds, t intervals, best marker, excluded
-statuses, LaTeX escaping), a golden Markdown Table 1, the CLI and the figures."""
+statuses, LaTeX escaping), a golden Markdown Table 1, method order and names, the summary, the CLI and the
+figures."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
-from analysis import tables as T
-from analysis._render import latex_escape, render, to_csv, to_latex, to_markdown
-from analysis._stats import fmt_paired, paired_t_interval, summarize
-from geomix import results as R
+import analysis
+import store
+from analysis import cli, frame, plots
+from analysis.build import build_tables
+from analysis.hyper import table_beta_grid, table_policy_level, table_tau
+from analysis.paired import table_paired
+from analysis.render import latex_escape, render, to_csv, to_latex, to_markdown
+from analysis.retrieval import table_quality, table_retrieval
+from analysis.search_tables import table_param_importance, table_top_trials
+from analysis.stats import fmt_paired, paired_t_interval, summarize
+from geomix import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "fixtures" / "golden_table1.md"
@@ -34,7 +42,7 @@ def _row(tid, method, seed, status="completed", **metrics):
             "loss": {"w_m2": 0.01, "w_v": 0.05, "w_l": 0.05, "w_vl": 0.1},
             "mix": {"geometry": "linear"},
         },
-    }[method]
+    }.get(method, {})  # any other id (a user's method row) is plain FT here
     cfg = {
         "method": method,
         "run": {"seed": seed},
@@ -51,7 +59,7 @@ def _row(tid, method, seed, status="completed", **metrics):
         "mix": {"geometry": "geodesic", **overrides.get("mix", {})},
     }
     result = {f"test_{k}": v for k, v in metrics.items()}
-    return R.trial_row(
+    return store.trial_row(
         sweep="fx",
         trial_id=tid,
         config=cfg,
@@ -83,13 +91,13 @@ def _fixture_rows():
 @pytest.fixture
 def results_dir(tmp_path):
     folder = tmp_path / "fx"
-    R.write_rows(folder, "trials", _fixture_rows())
+    store.write_rows(folder, "trials", _fixture_rows())
     return folder
 
 
 @pytest.fixture
 def trials(results_dir):
-    return R.read_results(results_dir)[0]
+    return store.read_results(results_dir)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def test_summary_and_paired_interval_by_hand():
 
 
 def test_table1_means_stds_seed_counts_and_order(trials):
-    t = T.table_retrieval(trials)
+    t = table_retrieval(trials)
     f = t.frame.set_index("method")
     assert list(f.index) == ["ZS", "FT", "i-Mix", "m³-Mix", "m³-Mix (linear)"]  # the paper's order
     assert f.loc["FT", "i→t R@1"] == "12.00 ± 2.00"  # sample std: sqrt(((-2)² + 0 + 2²) / 2)
@@ -129,43 +137,58 @@ def test_table1_means_stds_seed_counts_and_order(trials):
 
 
 def test_excluded_statuses_are_counted_not_averaged(trials):
-    t = T.table_retrieval(trials)
+    t = table_retrieval(trials)
     f = t.frame.set_index("method")
     assert f.loc["m³-Mix", "runs"] == "3 ok / 1 diverged"
     assert f.loc["m³-Mix (linear)", "runs"] == "1 ok / 1 failed"
     assert f.loc["m³-Mix (linear)", "i→t R@1"] == "11.00 ± –"
-    assert any("1 diverged, 1 failed" in n for n in t.notes)
+    assert t.notes[-1] == "Excluded from the means (not completed): 1 diverged, 1 failed."
 
 
 def test_best_marker_per_column_and_direction(trials):
-    t = T.table_retrieval(trials)
+    t = table_retrieval(trials)
     best = t.best.set_index(t.frame["method"])
     assert best.loc["m³-Mix", "i→t R@1"] and best.sum()["i→t R@1"] == 1
     # t→i R@1: FT 11.00 and m³-Mix 12.67 -> m³-Mix; ties at the shown precision are all marked.
     assert best.loc["m³-Mix", "t→i R@1"] and not best.loc["FT", "t→i R@1"]
-    q = T.table_quality(trials)
+    q = table_quality(trials)
     qb = q.best.set_index(q.frame["method"])
     assert qb.loc["m³-Mix", "ECE"] and not qb.loc["ZS", "ECE"]  # lower is better for ECE
     assert not qb.loc["ZS", "rsum"]
     # Descriptive metrics (the modality gap) get no best marker; align / unif are higher-is-better here.
-    q = T.table_quality(trials.assign(gap=np.linspace(0.1, 1.0, len(trials)), align=np.arange(len(trials))))
+    q = table_quality(trials.assign(gap=np.linspace(0.1, 1.0, len(trials)), align=np.arange(len(trials))))
     assert not q.best["gap"].any() and q.best.set_index(q.frame["method"]).loc["m³-Mix (linear)", "align"]
-    assert any("gap descriptive" in n for n in q.notes) and any("except ece (lower" in n for n in q.notes)
-    md = to_markdown(t)
-    assert "| **15.00 ± 1.73** |" in md
-    assert "15.00 ± 1.73*" in to_csv(t)
+    assert q.notes[1] == (
+        "Best per column marked (bold; `*` in CSV), among rows with a value; higher is better except ece "
+        "(lower is better); gap descriptive, not marked."
+    )
+    assert (
+        to_markdown(t).splitlines()[7]
+        == "| m³-Mix | **15.00 ± 1.73** | **12.67 ± 0.58** | 3 | 3 ok / 1 diverged |"
+    )
+    assert to_csv(t).splitlines()[4] == "m³-Mix,15.00 ± 1.73*,12.67 ± 0.58*,3,3 ok / 1 diverged"
 
 
-def test_metric_directions_and_names_match_geomix_metrics():
-    from geomix import metrics
-
-    assert T.HIGHER_IS_BETTER == metrics.HIGHER_IS_BETTER
-    assert R.METRIC_COLUMNS == metrics.METRIC_KEYS
-    assert T.direction("val_ece") is False and T.direction("test_rsum") is True and T.direction("gap") is None
+def test_directions_decimals_and_names_are_read_from_the_registry(monkeypatch):
+    for name, m in registry.METRICS.items():
+        assert frame.direction(name) is m.higher and frame.decimals(name) == m.decimals
+        assert frame.direction(f"val_{name}") is m.higher and frame.decimals(f"test_{name}") == m.decimals
+    assert frame.direction("train_loss") is False  # a training statistic, not a registry metric
+    assert frame.direction("not_a_metric") is True and frame.decimals("not_a_metric") == 2
+    # Read at call time, not copied: a metric or display name added to the registry is seen at once.
+    monkeypatch.setitem(registry.METRICS, "recall_x", registry.Metric("recall_x", False, 4))
+    monkeypatch.setitem(registry.PAPER_METHODS, "p_mix", "P-Mixup")
+    assert frame.direction("val_recall_x") is False and frame.decimals("recall_x") == 4
+    assert frame.display_name("p_mix") == "P-Mixup" and frame.display_name("m3_mix") == "m³-Mix"
+    assert frame.display_name("m3_w1") == "m3_w1"
+    monkeypatch.setitem(registry.TERMS, "zz", registry.MixTerm("zz", "Z", "Z-Mix", "nowhere:fn"))
+    assert frame.term_symbols() == {"m2": "m²", "v": "V", "l": "L", "vl": "VL", "zz": "Z"}
+    with_zz = pd.DataFrame({"loss.w_m2": [0.1], "loss.w_zz": [0.5]})
+    assert frame.term_symbols(with_zz) == {"m2": "m²", "zz": "Z"}  # only the terms the data has
 
 
 def test_quality_table_component_flags(trials):
-    q = T.table_quality(trials).frame.set_index("method")
+    q = table_quality(trials).frame.set_index("method")
     assert q.loc["m³-Mix", ["m²", "V", "L", "VL", "geometry"]].tolist() == ["✓", "✓", "✓", "✓", "geodesic"]
     assert q.loc["m³-Mix (linear)", "geometry"] == "linear"
     assert q.loc["FT", ["m²", "V", "L", "VL", "geometry", "input mix"]].tolist() == ["–"] * 6
@@ -174,7 +197,7 @@ def test_quality_table_component_flags(trials):
 
 
 def test_golden_markdown_table1(trials):
-    got = to_markdown(T.table_retrieval(trials))
+    got = to_markdown(table_retrieval(trials))
     if os.environ.get("GEOMIX_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(got, encoding="utf-8")
@@ -182,13 +205,79 @@ def test_golden_markdown_table1(trials):
 
 
 def test_paired_table_against_ft(trials):
-    t = T.table_paired(trials, metrics=("r1_i2t",))
+    t = table_paired(trials, metrics=("r1_i2t",))
     f = t.frame.set_index("method")
     assert f.loc["m³-Mix", "pairs"] == "3"
     assert f.loc["m³-Mix", "Δ r1_i2t [95% CI]"] == "+3.00 [+0.52, +5.48] †"
     assert f.loc["i-Mix", "Δ r1_i2t [95% CI]"] == "-1.00 (n<2, no CI)"
     assert f.loc["m³-Mix (linear)", "pairs"] == "1"
     assert "FT" not in f.index
+
+
+# ----------------------------------------------------------------------------------------------------------
+# method order and names, the end-of-sweep summary
+
+
+def test_method_order_rank_then_paper_then_first_appearance():
+    df = pd.DataFrame({"method": ["zz_new", "ft", "aa_new", "zs", "search", "zz_new"]})
+    # No method_rank: the paper's ids in the paper's order, then the others as they first appear.
+    assert frame.method_order(df) == ["zs", "ft", "search", "zz_new", "aa_new"]
+    # Ranked methods first (lowest rank of their rows), then the unranked ones as before.
+    df["method_rank"] = [3, np.nan, 0, np.nan, np.nan, 2]
+    assert frame.method_order(df) == ["aa_new", "zz_new", "zs", "ft", "search"]
+
+
+def test_user_method_id_shows_under_its_own_name_in_yaml_order(tmp_path):
+    """An ablation YAML listing ``ft``, a user row ``m3_w1`` and ``zs`` (method_rank 0, 1, 2)."""
+    rows = []
+    for rank, method in enumerate(["ft", "m3_w1", "zs"]):
+        for seed in range(2):
+            value = 10.0 + 5 * rank + (rank + 1) * seed  # ft 10, 11; m3_w1 15, 17; zs 20, 23
+            row = _row(f"{method}-{seed}", method, seed, r1_i2t=value, r1_t2i=value, rsum=10 * value)
+            rows.append({**row, "method_rank": rank})
+    store.write_rows(tmp_path, "trials", rows[::-1])  # file order must not matter
+    trials = store.read_results(tmp_path)[0]
+    t = table_retrieval(trials)
+    assert t.frame["method"].tolist() == ["FT", "m3_w1", "ZS"]
+    assert t.frame["i→t R@1"].tolist() == ["10.50 ± 0.71", "16.00 ± 1.41", "21.50 ± 2.12"]
+    assert table_quality(trials).frame["method"].tolist() == ["FT", "m3_w1", "ZS"]
+    paired = table_paired(trials, metrics=("r1_i2t",)).frame
+    assert paired["method"].tolist() == ["m3_w1", "ZS"]
+    # Differences 5, 6 and 10, 12 over two seeds: t(0.975, 1) = 12.706, half-widths 6.35 and 12.71.
+    assert paired["Δ r1_i2t [95% CI]"].tolist() == ["+5.50 [-0.85, +11.85]", "+11.00 [-1.71, +23.71]"]
+
+
+def test_summary_is_the_rendered_table1(results_dir, trials):
+    text = analysis.summary(str(results_dir))
+    assert text == render(table_retrieval(trials), "markdown")
+    assert text == GOLDEN.read_text(encoding="utf-8")  # the sweep prints the same bytes as before
+
+
+def test_summary_without_retrieval_metrics_is_a_plain_group_by(tmp_path):
+    rows = [
+        _row("a", "ft", 0, rsum=100.0),
+        _row("b", "ft", 1, rsum=110.0),
+        _row("c", "m3_w1", 0, rsum=120.0),
+        _row("d", "m3_w1", 1, status="failed"),
+    ]
+    store.write_rows(tmp_path, "trials", rows)
+    lines = [line.split() for line in analysis.summary(tmp_path).splitlines()]
+    assert lines[:3] == [["rsum"], ["mean", "std", "count"], ["method", "status"]]
+    assert lines[3:] == [
+        ["ft", "completed", "105.0", "7.07", "2"],
+        ["m3_w1", "completed", "120.0", "NaN", "1"],
+        ["failed", "NaN", "NaN", "0"],
+    ]
+
+
+def test_importing_analysis_is_light_and_plots_need_no_tables():
+    code = (
+        "import sys, analysis; heavy = ('matplotlib', 'scipy', 'optuna', 'torch', 'open_clip', 'ray'); "
+        "print(sorted(m for m in heavy if m in sys.modules)); import analysis.plots; "
+        "print(sorted(m for m in sys.modules if m in ('analysis.tables', 'analysis.cli', 'analysis.build')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "[]"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,14 +293,33 @@ def test_latex_escaping():
 
 
 def test_latex_table_bold_and_structure(trials):
-    tex = to_latex(T.table_retrieval(trials))
-    assert r"\textbf{15.00 $\pm$ 1.73}" in tex
-    assert r"i$\to$t R@1" in tex and r"m$^3$-Mix (linear)" in tex
-    assert tex.count(r"\toprule") == 1 and tex.rstrip().endswith(r"\end{table}")
-    body = tex.split(r"\toprule")[1]  # the \label{tab:table1_retrieval} above may hold a bare _
-    assert "±" not in tex and "_" not in body.replace(r"\_", "")
+    tex = to_latex(table_retrieval(trials)).splitlines()
+    assert tex[:7] == [
+        r"% Retrieval (\%) on shapes:dark: mean $\pm$ std over seeds",
+        r"% needs \usepackage{booktabs,amssymb}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{Retrieval (\%) on shapes:dark: mean $\pm$ std over seeds}",
+        r"\label{tab:table1_retrieval}",
+        r"\begin{tabular}{lrrrr}",
+    ]
+    assert tex[7:17] == [
+        r"\toprule",
+        r"method & i$\to$t R@1 & t$\to$i R@1 & n & runs \\",
+        r"\midrule",
+        r"ZS & 5.00 $\pm$ -- & 4.00 $\pm$ -- & 1 & 1 ok \\",
+        r"FT & 12.00 $\pm$ 2.00 & 11.00 $\pm$ 2.00 & 3 & 3 ok \\",
+        r"i-Mix & 9.00 $\pm$ -- & 8.00 $\pm$ -- & 1 & 1 ok \\",
+        r"m$^3$-Mix & \textbf{15.00 $\pm$ 1.73} & \textbf{12.67 $\pm$ 0.58} & 3 & 3 ok / 1 diverged \\",
+        r"m$^3$-Mix (linear) & 11.00 $\pm$ -- & 9.00 $\pm$ -- & 1 & 1 ok / 1 failed \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    assert tex[17].startswith(r"\par\smallskip{\footnotesize Mean $\pm$ sample std") and tex[18:] == [
+        r"\end{table}"
+    ]
     with pytest.raises(ValueError, match="format='html' is invalid"):
-        render(T.table_retrieval(trials), "html")
+        render(table_retrieval(trials), "html")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,14 +361,18 @@ def _grid_frame():
 
 
 def test_beta_grid_pivot():
-    (t,) = T.table_beta_grid(_grid_frame())
+    (t,) = table_beta_grid(_grid_frame())
     f = t.frame.set_index("α \\ β")
     assert list(f.columns) == ["β = α", "2"] and list(f.index) == ["0.5", "1"]
     assert f.loc["0.5", "β = α"] == "11.00 ± 1.41 (2)"
     assert f.loc["1", "β = α"] == "32.00 ± 2.83 (2)"
     assert f.loc["1", "2"] == "5.00 ± – (1)"
     assert t.best.set_index(t.frame["α \\ β"]).loc["1", "β = α"]
-    assert any("1 failed" in n for n in t.notes)
+    assert t.notes == [
+        "Cells: rsum mean ± sample std (number of completed trials), pooled over seeds and the other "
+        "settings; best cell marked; – = no trial.",
+        "Excluded from the means (not completed): 1 failed.",
+    ]
 
 
 def test_tau_and_policy_level_tables(trials):
@@ -289,11 +401,11 @@ def test_tau_and_policy_level_tables(trials):
         ]
     )
     df = pd.concat([trials, extra], ignore_index=True)
-    tau = T.table_tau(df).frame.set_index("τ")
+    tau = table_tau(df).frame.set_index("τ")
     assert list(tau.index) == ["learned", "0.05"]
     assert tau.loc["0.05", "FT (τ = 0.05)"] == "90.00 ± – (1)"
     assert tau.loc["learned", "FT"] == "110.00 ± 10.00 (3)"
-    pl = T.table_policy_level(df).frame.set_index("λ policy")
+    pl = table_policy_level(df).frame.set_index("λ policy")
     assert pl.loc["progressive", "feature: m²"] == "130.00 ± – (1)"
     assert pl.loc["random (Beta)", "feature: m²+V+L+VL"] == "110.25 ± 9.60 (4)"  # m³ and m³ linear pooled
     assert pl.loc["random (Beta)", "input: i-Mix"] == "90.00 ± – (1)"
@@ -320,11 +432,14 @@ def _search_frame(n=24, seed=0):
 
 
 def test_param_importance_from_trials_and_from_optuna_db(tmp_path):
-    t = T.table_param_importance(_search_frame())
+    t = table_param_importance(_search_frame())
     f = t.frame.set_index("parameter")
     assert list(f.index)[0] == "mix.m2.alpha"  # the objective depends (almost) only on it
     assert float(f.iloc[0, 0]) > float(f.iloc[1, 0])
-    assert any("rebuilt from 24" in n for n in t.notes)
+    assert t.notes[1] == (
+        "No optuna.db found: study rebuilt from 24 completed search trials, objective rsum, parameter "
+        "ranges inferred from the values seen."
+    )
 
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -346,7 +461,7 @@ def test_param_importance_from_trials_and_from_optuna_db(tmp_path):
             "results_dir": [str(tmp_path)],
         }
     )
-    t = T.table_param_importance(frame)
+    t = table_param_importance(frame)
     assert t.frame["parameter"].tolist()[0] == "b" and "importance (mysweep)" in t.frame.columns
     assert t.notes[1] == "Studies read from optuna.db."
     evaluator = "fANOVA" if _has_sklearn() else "PED-ANOVA"
@@ -364,11 +479,14 @@ def _has_sklearn():
 def test_top_trials():
     df = _search_frame(12)
     df.loc[3, "status"] = "diverged"
-    t = T.table_top_trials(df, k=3)
+    t = table_top_trials(df, k=3)
     best3 = df[df["status"] == "completed"].sort_values("rsum", ascending=False)["trial_id"].head(3).tolist()
     assert t.frame["trial"].tolist() == best3 and t.frame["rank"].tolist() == ["1", "2", "3"]
-    assert {"mix.m2.alpha", "loss.w_m2"} <= set(t.frame.columns)
-    assert any("1 diverged" in n for n in t.notes)
+    assert list(t.frame.columns) == ["rank", "trial", "rsum", "r1_i2t", "mix.m2.alpha", "loss.w_m2"]
+    assert t.notes == [
+        "Top 3 of 11 completed search trials by rsum; columns after the metrics are the settings that vary.",
+        "Excluded from the means (not completed): 1 diverged.",
+    ]
 
 
 def test_robust_to_nan_config_and_missing_metrics():
@@ -377,23 +495,35 @@ def test_robust_to_nan_config_and_missing_metrics():
             "trial_id": ["a", "b", "c", "d"],
             "method": ["ft", None, "m2_mix", "ft"],
             "status": ["completed", "completed", None, "completed"],
-            "test_r1_i2t": [10.0, np.nan, 5.0, 12.0],
+            "r1_i2t": [10.0, np.nan, 5.0, 12.0],
             "loss.w_m2": [np.nan, 0.0, 0.1, 0.0],
             "loss.tau": [np.nan, np.nan, np.nan, np.nan],
         }
     )
-    tables = T.build_tables(df)
-    t1 = next(t for t in tables if t.name == "table1_retrieval")
+    tables = build_tables(df)
+    assert [t.name for t in tables] == ["table1_retrieval", "table4_paired_vs_ft"]
+    t1 = tables[0]
     f = t1.frame.set_index("method")
+    assert list(f.index) == ["FT", "m²-Mix", "unknown"]  # paper ids first, then the others
     # No seed column: each trial is its own sample, so the two FT trials give n = 2 and a std.
     assert f.loc["FT", "i→t R@1"] == "11.00 ± 1.41" and f.loc["FT", "n"] == "2"
     assert f.loc["unknown", "i→t R@1"] == "–"
     assert f.loc["m²-Mix", "runs"] == "0 ok / 1 unknown"
-    for t in tables:
-        for fmt in ("markdown", "latex", "csv"):
-            assert render(t, fmt)
+    assert (
+        f.loc["unknown", "runs"] == "1 ok"
+        and t1.notes[-1] == "Excluded from the means (not completed): 1 unknown."
+    )
+    paired = tables[1].frame
+    assert paired["method"].tolist() == ["m²-Mix", "unknown"] and paired["pairs"].tolist() == ["0", "0"]
+    assert to_markdown(t1).startswith(f"### {t1.title}\n\n| method | i→t R@1 | n | runs |\n")
+    assert to_csv(t1).splitlines() == [
+        "method,i→t R@1,n,runs",
+        "FT,11.00 ± 1.41,2,2 ok",
+        "m²-Mix,–,0,0 ok / 1 unknown",
+        "unknown,–,1,1 ok",
+    ]
     with pytest.raises(ValueError, match="metric='nope' is invalid"):
-        T.build_tables(df, metric="nope")
+        build_tables(df, metric="nope")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -407,35 +537,62 @@ def test_cli_writes_tables_and_figures(results_dir, tmp_path, capsys):
     img, txt = rng.normal(size=(20, 8)), rng.normal(size=(20, 8)) + 1.0
     np.savez(emb / "test.npz", img=img, txt=txt, txt_to_img=np.arange(20))
     rows = [{**r, "embeddings_path": "emb"} for r in _fixture_rows() if r["method"] in ("ft", "m3_mix")]
-    R.write_rows(results_dir, "trials", rows)
+    store.write_rows(results_dir, "trials", rows)
     hist = [
         {"trial_id": r["trial_id"], "step": s, "split": "val", "epoch": s, "rsum": 10.0 * s + r["seed"]}
         for r in rows
         for s in (1, 2, 3)
     ]
-    R.write_rows(results_dir, "history", hist)
+    store.write_rows(results_dir, "history", hist)
     out = tmp_path / "out"
-    assert T.main([str(results_dir), "--format", "latex", "--out", str(out), "--figures"]) == 0
+    assert cli.main([str(results_dir), "--format", "latex", "--out", str(out), "--figures"]) == 0
     stdout = capsys.readouterr().out
-    assert r"\textbf{15.00 $\pm$ 1.73}" in stdout
-    assert (out / "table1_retrieval.tex").read_text() in stdout
-    assert {"table1_retrieval.tex", "table2_quality.tex", "table4_paired_vs_ft.tex"} <= {
-        p.name for p in out.iterdir()
-    }
+    names = [
+        "table1_retrieval",
+        "table2_quality",
+        "table3_policy_level",
+        "table3_top_trials",
+        "table4_paired_vs_ft",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{n}.tex" for n in names), "figures"])
+    assert stdout == "\n".join((out / f"{n}.tex").read_text(encoding="utf-8") for n in names)
+    assert stdout.splitlines()[13] == (
+        r"m$^3$-Mix & \textbf{15.00 $\pm$ 1.73} & \textbf{12.67 $\pm$ 0.58} & 3 & 3 ok / 1 diverged \\"
+    )
     figs = {p.name: p for p in (out / "figures").iterdir()}
+    assert sorted(figs) == sorted(
+        f"{s}.{e}" for s in ("learning_curves_val_rsum", "modality_gap") for e in ("png", "pdf")
+    )
     for stem in ("learning_curves_val_rsum", "modality_gap"):
         assert figs[f"{stem}.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert figs[f"{stem}.pdf"].read_bytes()[:5] == b"%PDF-"
         assert figs[f"{stem}.png"].stat().st_size > 1000
 
 
-def test_cli_errors_are_clear(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["{tmp}/missing"],
+            "results folder '{tmp}/missing' does not exist: allowed is a folder written by store.write_rows",
+        ),
+        (["{tmp}", "--figures"], "--figures needs --out DIR (the figures go to DIR/figures)"),
+        (["{tmp}", "--top-k", "0"], "--top-k=0 is invalid: allowed an integer >= 1"),
+        (
+            ["{results}", "--metric", "nope"],
+            "metric='nope' is invalid: allowed one of " + ", ".join(store.METRIC_COLUMNS),
+        ),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(args, message, results_dir, tmp_path, capsys):
+    def fill(s):
+        return s.format(tmp=tmp_path, results=results_dir)
+
     with pytest.raises(SystemExit) as e:
-        T.main([str(tmp_path / "missing")])
-    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        T.main([str(tmp_path), "--figures"])
-    assert "--figures needs --out" in capsys.readouterr().err
+        cli.main([fill(a) for a in args])
+    captured = capsys.readouterr()
+    assert e.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1] == f"python analysis/tables.py: error: {fill(message)}"
 
 
 def test_script_entry_point_runs_as_a_file(results_dir):
@@ -444,10 +601,30 @@ def test_script_entry_point_runs_as_a_file(results_dir):
         capture_output=True,
         text=True,
         cwd=ROOT / "tests",
-        check=True,
+        check=False,
     )
-    assert "method,i→t R@1,t→i R@1,n,runs" in out.stdout
-    assert "m³-Mix,15.00 ± 1.73*," in out.stdout
+    assert out.returncode == 0, out.stderr
+    tables = build_tables(store.read_results(results_dir)[0])
+    assert out.stdout == "\n".join(render(t, "csv") for t in tables)
+    assert out.stdout.splitlines()[:6] == [
+        "method,i→t R@1,t→i R@1,n,runs",
+        "ZS,5.00 ± –,4.00 ± –,1,1 ok",
+        "FT,12.00 ± 2.00,11.00 ± 2.00,3,3 ok",
+        "i-Mix,9.00 ± –,8.00 ± –,1,1 ok",
+        "m³-Mix,15.00 ± 1.73*,12.67 ± 0.58*,3,3 ok / 1 diverged",
+        "m³-Mix (linear),11.00 ± –,9.00 ± –,1,1 ok / 1 failed",
+    ]
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "analysis" / "tables.py"), str(results_dir / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines()[-1] == (
+        f"python analysis/tables.py: error: results folder '{results_dir / 'nope'}' does not exist: "
+        "allowed is a folder written by store.write_rows"
+    )
 
 
 def test_figures_from_a_search_and_skips(tmp_path):
@@ -475,7 +652,34 @@ def test_tables_benchmark_script_runs_small():
         cwd=ROOT,
         check=True,
     )
-    assert "300 trials" in out.stdout and "tables" in out.stdout
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"300 trials x \d+ columns -> 8 tables", lines[0]), lines[0]
+    steps = [
+        "write_rows (not in total)",
+        "read_results",
+        "build tables, cold",
+        "build tables, warm",
+        "render md + tex + csv",
+    ]
+    tables = [
+        "table_retrieval",
+        "table_quality",
+        "table_beta_grid",
+        "table_tau",
+        "table_policy_level",
+        "table_param_importance",
+        "table_top_trials",
+        "table_paired",
+    ]
+    timed = [re.fullmatch(r"\s+(.+?)\s+(\d+\.\d{3}) s", line) for line in lines[1:14]]
+    assert [m.group(1) for m in timed] == steps + tables
+    total = re.fullmatch(
+        r"total \(read \+ cold build \+ render\) (\d+\.\d{3}) s vs target 5\.0 s: .* -> (OK|TOO SLOW)",
+        lines[14],
+    )
+    parts = {m.group(1): float(m.group(2)) for m in timed}
+    expected = parts["read_results"] + parts["build tables, cold"] + parts["render md + tex + csv"]
+    assert total and float(total.group(1)) == pytest.approx(expected, abs=0.002) and len(lines) == 15
 
 
 def test_modality_gap_from_run_out_dir(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 pytest.importorskip("ray")
 pytest.importorskip("jsonschema")
 
-from sweeps import _tune  # noqa: E402
+from sweeps import session  # noqa: E402
 
 CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
@@ -52,18 +52,36 @@ def test_validator_rejects_a_broken_config(config):
         validate_cluster_config(broken)
 
 
+def _header_commands() -> list[str]:
+    """The ``aws ec2 ...`` commands in the file's header comment, continuation lines joined."""
+    header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
+    commands, current = [], None
+    for line in (raw.lstrip("#").strip() for raw in header.splitlines()):
+        if current is None and not line.startswith("aws ec2 "):
+            continue
+        part = line.removesuffix("\\").strip()
+        current = part.removeprefix("aws ec2 ") if current is None else f"{current} {part}"
+        if not line.endswith("\\"):
+            commands.append(current)
+            current = None
+    return commands
+
+
 def test_only_ssh_is_exposed(config):
     commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in commands and "0.0.0.0" not in commands
     assert "--ray-client-server-port" not in commands
-    # Ray only adds its default rules (SSH from anywhere) to a group without rules; ours exists with rules
-    # (the commands are in the file's header) and the file itself opens nothing else.
-    group = config["provider"]["security_group"]
-    assert group["GroupName"] and all(
-        p["FromPort"] == p["ToPort"] == 22 for p in group.get("IpPermissions", [])
-    )
-    header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
-    assert "--port 22 --cidr" in header and "authorize-security-group-ingress" in header
+    # The file names an existing group and defines no rules of its own: Ray then uses the group as it is
+    # (it adds its default rule, SSH from anywhere, only to a group it creates or one without rules).
+    assert config["provider"]["security_group"] == {"GroupName": "geomix-ray"}
+    # The group's rules are the header's commands: SSH from one CIDR, and all traffic inside the group.
+    rules = [c for c in _header_commands() if c.startswith("authorize-security-group-ingress")]
+    assert len(rules) == 2, rules
+    ssh, inside = rules
+    assert "--protocol tcp --port 22 --cidr 203.0.113.0/24" in ssh and "0.0.0.0" not in ssh
+    assert "--protocol -1 --source-group geomix-ray" in inside and "--cidr" not in inside
+    created = [c for c in _header_commands() if c.startswith("create-security-group")]
+    assert len(created) == 1 and "--group-name geomix-ray" in created[0]
 
 
 def test_nodes_install_the_project_and_gpu_workers_scale(config):
@@ -71,6 +89,6 @@ def test_nodes_install_the_project_and_gpu_workers_scale(config):
     assert 'pip install -q -e ".[sweep,analysis]"' in setup and "ray[default,tune,train]==2.60.0" in setup
     assert config["file_mounts"] == {"~/geomix": "."}
     head = config["available_node_types"][config["head_node_type"]]
-    assert head["resources"][_tune.TRIAL_SLOT] >= 1  # Ray Train trial actors take no CPU
+    assert head["resources"][session.TRIAL_SLOT] >= 1  # Ray Train trial actors take no CPU
     gpu_types = {n: t for n, t in config["available_node_types"].items() if n.startswith("gpu")}
     assert gpu_types and all(0 <= t["min_workers"] < t["max_workers"] for t in gpu_types.values())

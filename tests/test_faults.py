@@ -15,8 +15,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from geomix import results  # noqa: E402
-from sweeps import _tune  # noqa: E402
+import store  # noqa: E402
+from sweeps import runner  # noqa: E402
+from sweeps.spec import SweepSpec, resolve_trial, trial_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +74,11 @@ def test_driver_sigkill_then_same_command_resumes(tiny_overrides, tmp_path):
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming sweep" in second.stderr
-    trials, history = results.read_results(str(res))
+    trials, history = store.read_results(str(res))
     assert len(trials) == 4 and trials["trial_id"].is_unique  # none lost or doubled
     assert done_before <= set(trials.trial_id)
+    # each row knows its method's place in the YAML, also the rows written before the kill
+    assert list(trials.sort_values("method_rank").method) == ["zs", "ft", "ft_tau0.05", "m3_mix"]
     status = dict(zip(trials.method, trials.status))
     assert status == {"zs": "completed", "ft": "completed", "ft_tau0.05": "completed", "m3_mix": "diverged"}
     assert trials.loc[trials.method == "m3_mix", "error"].str.contains("non-finite").all()
@@ -113,10 +116,10 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, t
     from ray.util.state import list_actors
 
     # 4 epochs of 24 steps: long enough to kill a worker between the first and the last report
-    spec = _tune.SweepSpec(name="faults", base=tiny_base, results=str(tmp_path / "res"),
-                           storage=str(tmp_path / "ray"),
-                           methods={"ft": {"optim.epochs": 4, "data.train_size": 768}},
-                           num_workers=2, max_failures=2)
+    spec = SweepSpec(
+        name="faults", base=tiny_base, results=str(tmp_path / "res"), storage=str(tmp_path / "ray"),
+        methods={"ft": {"optim.epochs": 4, "data.train_size": 768}}, num_workers=2, max_failures=2,
+    )
     res = Path(spec.results)
     killed: dict[str, float] = {}
 
@@ -139,10 +142,10 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, t
 
     killer = threading.Thread(target=kill_a_worker_after_epoch_1, daemon=True)
     killer.start()
-    _tune.run_sweep(spec, param_space={"method": "ft", "seed": 0}, verbose=0)
+    runner.run_sweep(spec, trials=[trial_config(resolve_trial(spec, "ft", 0), method_rank=0)], verbose=0)
     killer.join(5)
     assert "at" in killed, "no worker was killed"
-    trials, history = results.read_results(spec.results)
+    trials, history = store.read_results(spec.results)
     assert len(trials) == 1 and trials.status.iloc[0] == "completed", trials[["status", "error"]]
     val = history[history.split == "val"].sort_values("epoch")
     assert list(val.epoch) == [1, 2, 3, 4]

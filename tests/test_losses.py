@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from geomix import losses as L
 from geomix.sphere import normalize
 
 # ----------------------------------------------------------------------------------------------------------
-# independent references: dense numpy, written from losses.md (explicit n×n targets, plain slerp)
+# independent references: dense numpy, written from docs/losses.md (explicit n×n targets, plain slerp)
 
 
 def _np_slerp(a: np.ndarray, b: np.ndarray, lam) -> np.ndarray:
@@ -80,7 +81,7 @@ def _ref_v(i, t, lam, perm, s):
 
 
 def _ref_l_page(i, t, lam, perm, s):
-    """L-Mix exactly as losses.md writes it (Y on I·T̃ᵀ)."""
+    """L-Mix in the earlier form (Y on I·T̃ᵀ), which agrees with docs/losses.md for involutions."""
     tm = _np_slerp(t, t[perm], lam)
     y = lam * np.eye(len(i)) + (1 - lam) * _np_perm_matrix(perm)
     return 0.5 * (_np_ce(s * i @ tm.T, y) + _np_ce(s * tm @ i.T, y.T))
@@ -307,7 +308,7 @@ def test_functional_bad_inputs_raise_value_error():
 # MixLoss
 
 
-from geomix.config import LambdaConfig, LossConfig, MixConfig  # noqa: E402
+from geomix.config import LambdaConfig, LossConfig, MixConfig, from_dict  # noqa: E402
 from geomix.mixing import random_derangement, sample_beta  # noqa: E402
 
 
@@ -483,20 +484,29 @@ def test_mixloss_bad_values_raise_value_error():
         ok(img, txt, -2.0, epoch=0, step=0, total_steps=1)
     with pytest.raises(ValueError, match=r"total_steps=0 is invalid"):
         ok(img, txt, 2.0, epoch=0, step=0, total_steps=0)
+    # Configs are validated when they are built, so a bad one never reaches MixLoss; the error names the key
+    # (a LambdaConfig built on its own says `lambda.<field>`; built from a mapping, its place).
     with pytest.raises(ValueError, match=r"loss.w_m2=-0.1 is invalid"):
-        L.MixLoss(LossConfig(w_m2=-0.1), MixConfig())
+        LossConfig(w_m2=-0.1)
     with pytest.raises(ValueError, match=r"loss.tau=0.0 is invalid"):
-        L.MixLoss(LossConfig(tau=0.0), MixConfig())
+        LossConfig(tau=0.0)
     with pytest.raises(ValueError, match=r"loss.m2_tau=-1.0 is invalid"):
-        L.MixLoss(LossConfig(m2_tau=-1.0), MixConfig())
+        LossConfig(m2_tau=-1.0)
+    with pytest.raises(ValueError, match=r"lambda.alpha=0.0 is invalid"):
+        LambdaConfig(alpha=0.0)
     with pytest.raises(ValueError, match=r"mix.v.alpha=0.0 is invalid"):
-        L.MixLoss(LossConfig(w_v=1.0), MixConfig(v=LambdaConfig(alpha=0.0)))
+        from_dict(MixConfig, {"v": {"alpha": 0.0}}, prefix="mix")
     with pytest.raises(ValueError, match=r"mix.partner='nearest' is invalid: allowed one of"):
-        L.MixLoss(LossConfig(), MixConfig(partner="nearest"))
+        MixConfig(partner="nearest")
     with pytest.raises(ValueError, match=r"mix.geometry='cubic' is invalid"):
-        L.MixLoss(LossConfig(), MixConfig(geometry="cubic"))
+        MixConfig(geometry="cubic")
     with pytest.raises(ValueError, match=r"mix.m2.policy='cosine' is invalid"):
-        L.MixLoss(LossConfig(w_m2=1.0), MixConfig(m2=LambdaConfig(policy="cosine")))
+        from_dict(MixConfig, {"m2": {"policy": "cosine"}}, prefix="mix")
+    with pytest.raises(ValueError, match=r"loss.w_m3=1.0 is invalid: allowed a registered mix term"):
+        LossConfig(w_m3=1.0)
+    # dataclasses.replace constructs, so it validates too
+    with pytest.raises(ValueError, match=r"loss.w_v=-1.0 is invalid"):
+        dataclasses.replace(LossConfig(w_v=1.0), w_v=-1.0)
     with pytest.raises(ValueError, match=r"loss.kind='imix' is invalid for MixLoss"):
         L.MixLoss(LossConfig(kind="imix"), MixConfig())
     with pytest.raises(ValueError, match=r"rank=2 is invalid"):

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import geomix.metrics as M
+from geomix import registry
+from geomix.metrics import inputs
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +180,8 @@ def test_retrieval_matches_loop_reference_with_ties_and_small_blocks(monkeypatch
     ks = (1, 3, 5, 10, 100)
     ref = _ref_recall(img, txt, t2i, ks)
     assert M.retrieval_recall(img, txt, ks=ks, txt_to_img=t2i) == pytest.approx(ref)
-    monkeypatch.setattr(M, "_BLOCK_ELEMS", 7)  # 1-row blocks for i2t and t2i
+    monkeypatch.setattr(inputs, "_BLOCK_ELEMS", 7)  # 1-row blocks for i2t and t2i
+    assert inputs._block(len(txt)) == 1 and inputs._block(len(img)) == 1
     assert M.retrieval_recall(img, txt, ks=ks, txt_to_img=t2i) == pytest.approx(ref)
 
 
@@ -232,7 +235,8 @@ def test_pair_metrics_are_blocking_invariant(monkeypatch):
         return (M.alignment(img, txt), M.uniformity(img, txt), M.within_uniformity(txt))
 
     full = run()
-    monkeypatch.setattr(M, "_BLOCK_ELEMS", 50)  # blocks of 2 rows, last one partial
+    monkeypatch.setattr(inputs, "_BLOCK_ELEMS", 50)  # blocks of 2 rows, last one partial
+    assert inputs._block(23) == 2
     assert run() == pytest.approx(full, abs=1e-12)
 
 
@@ -318,12 +322,33 @@ def test_zero_shot_known_accuracy_and_ece():
 # evaluate_embeddings
 
 
+def test_metric_names_and_directions_come_from_the_registry():
+    assert M.METRIC_KEYS == registry.METRIC_KEYS == tuple(registry.METRICS)
+    assert M.HIGHER_IS_BETTER == {k: registry.METRICS[k].higher for k in registry.METRIC_KEYS}
+    assert tuple(M.HIGHER_IS_BETTER) == M.METRIC_KEYS
+    # the directions the module doc states
+    assert M.HIGHER_IS_BETTER["rsum"] is True and M.HIGHER_IS_BETTER["unif"] is True
+    assert M.HIGHER_IS_BETTER["unif_img"] is False and M.HIGHER_IS_BETTER["ece"] is False
+    assert M.HIGHER_IS_BETTER["gap"] is None
+
+
+@pytest.mark.parametrize("five_captions", [False, True])
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_evaluate_embeddings_returns_every_metric_key_in_registry_order(five_captions, with_classes):
+    img, txt, t2i = _multi_caption_set(12, 5 if five_captions else 1, 8, noise=0.5, seed=28)
+    kwargs = {}
+    if with_classes:
+        kwargs = {"class_txt": _randn(3, 8, seed=29), "labels": torch.arange(12) % 3}
+    out = M.evaluate_embeddings(img, txt, t2i if five_captions else None, **kwargs)
+    assert list(out) == list(registry.METRIC_KEYS)
+    assert math.isnan(out["zs_acc"]) != with_classes
+
+
 def test_evaluate_embeddings_keys_and_consistency_one_caption():
     img, txt = _randn(60, 16, seed=14), _randn(60, 16, seed=15)
     txt = _unit(_unit(img) + 1.5 * _unit(txt))
     out = M.evaluate_embeddings(img, txt)
     assert tuple(out) == M.METRIC_KEYS
-    assert set(M.HIGHER_IS_BETTER) == set(M.METRIC_KEYS)
     assert all(isinstance(v, float) for v in out.values())
     rec = M.retrieval_recall(img, txt)
     assert {k: out[k] for k in rec} == rec

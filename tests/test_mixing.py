@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from geomix import mixing as M
-from geomix.config import LambdaConfig
+from geomix import partners
+from geomix.config import LAMBDA_POLICIES, PARTNER_POLICIES, LambdaConfig, build_config
 
 
 def _g(seed: int = 0) -> torch.Generator:
@@ -30,6 +31,30 @@ def test_factory_builds_each_policy():
     assert isinstance(M.build_lambda_policy(LambdaConfig(policy="fixed", value=0.3)), M.FixedLambda)
     assert isinstance(M.build_lambda_policy(LambdaConfig(policy="progressive")), M.ProgressiveLambda)
     assert isinstance(M.build_lambda_policy(LambdaConfig(policy="history")), M.HistoryLambda)
+
+
+def test_every_config_policy_name_builds_the_policy_of_that_name():
+    # the names come from the config's Literal types; a name added there without a policy must fail here
+    assert all(M.build_lambda_policy(LambdaConfig(policy=p)).name == p for p in LAMBDA_POLICIES)
+    assert all(M.build_partner_policy(p).name == p for p in PARTNER_POLICIES)
+
+
+def test_partner_policies_are_reexported_from_mixing():
+    for name in partners.__all__:
+        assert getattr(M, name) is getattr(partners, name), name
+        assert name in M.__all__
+
+
+def test_built_policy_uses_the_config_values():
+    beta = M.build_lambda_policy(LambdaConfig(policy="beta", alpha=0.7))
+    assert (beta.alpha, beta.beta) == (0.7, 0.7)  # beta=None is the symmetric Beta(α, α)
+    hist = M.build_lambda_policy(LambdaConfig(policy="history", alpha=2.0, beta=3.0, momentum=0.25))
+    u = M.sample_beta(_g(5), 2.0, 3.0)
+    assert hist.sample(_g(5), step=0, total_steps=1) == pytest.approx(0.25 * 0.4 + 0.75 * u, abs=1e-15)
+    prog = M.build_lambda_policy(
+        LambdaConfig(policy="progressive", temperature=0.3, sigma=0.1, n_projections=8), seed=4
+    )
+    assert (prog.temperature, prog.sigma, prog.n_projections, prog.seed) == (0.3, 0.1, 8, 4)
 
 
 def test_beta_draws_are_seeded_in_range_and_follow_the_distribution():
@@ -226,19 +251,30 @@ def test_history_partner_memory():
 # bad values
 
 
-def test_bad_values_raise_value_error_naming_them():
-    with pytest.raises(ValueError, match=r"mix.v.policy='cosine' is invalid: allowed one of 'beta', 'fixed'"):
-        M.build_lambda_policy(LambdaConfig(policy="cosine"), prefix="mix.v")
-    with pytest.raises(ValueError, match=r"mix.v.alpha=0.0 is invalid"):
-        M.build_lambda_policy(LambdaConfig(alpha=0.0), prefix="mix.v")
+def test_bad_lambda_config_fails_on_construction_naming_the_key():
+    # a LambdaConfig is validated when it is built, so build_lambda_policy never sees a bad one
+    with pytest.raises(ValueError, match=r"lambda.policy='cosine' is invalid: allowed one of 'beta'"):
+        LambdaConfig(policy="cosine")
+    with pytest.raises(ValueError, match=r"lambda.alpha=0.0 is invalid"):
+        LambdaConfig(alpha=0.0)
     with pytest.raises(ValueError, match=r"lambda.alpha=-1.0 is invalid"):
-        M.build_lambda_policy(LambdaConfig(alpha=-1.0))
+        LambdaConfig(alpha=-1.0)
     with pytest.raises(ValueError, match=r"lambda.temperature=0.0 is invalid"):
-        M.build_lambda_policy(LambdaConfig(policy="progressive", temperature=0.0))
+        LambdaConfig(policy="progressive", temperature=0.0)
     with pytest.raises(ValueError, match=r"lambda.value=1.5 is invalid"):
-        M.build_lambda_policy(LambdaConfig(policy="fixed", value=1.5))
+        LambdaConfig(policy="fixed", value=1.5)
     with pytest.raises(ValueError, match=r"lambda.sigma=-0.1 is invalid"):
-        M.build_lambda_policy(LambdaConfig(policy="progressive", sigma=-0.1))
+        LambdaConfig(policy="progressive", sigma=-0.1)
+
+
+def test_bad_mix_override_names_the_terms_dotted_key():
+    with pytest.raises(ValueError, match=r"^mix\.v\.alpha=0\.0 is invalid: allowed"):
+        build_config(overrides=["mix.v.alpha=0"])
+    with pytest.raises(ValueError, match=r"^mix\.m2\.policy='cosine' is invalid: allowed one of 'beta'"):
+        build_config(overrides=["mix.m2.policy=cosine"])
+
+
+def test_bad_values_raise_value_error_naming_them():
     with pytest.raises(ValueError, match=r"alpha=0.0 is invalid"):
         M.BetaLambda(0.0)
     with pytest.raises(ValueError, match=r"value=-0.2 is invalid"):
@@ -259,3 +295,5 @@ def test_bad_values_raise_value_error_naming_them():
         M.random_derangement(1, _g())
     with pytest.raises(ValueError, match=r"n=1 is invalid"):
         M.ReversePartner()(1, _g())
+    with pytest.raises(ValueError, match=r"y.shape=\(4, 2\) is invalid: allowed the shape of x, \(3, 2\)"):
+        M.sliced_wasserstein(torch.zeros(3, 2), torch.zeros(4, 2), torch.eye(2))

@@ -1,4 +1,5 @@
-"""geomix.models: tiny configs, pretrained tags, local checkpoints, the cached embedded base model."""
+"""geomix.models (tiny configs, pretrained tags, local checkpoints) and geomix.basemodel (the cached
+embedded base model)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 
-from geomix import models
+from geomix import basemodel, models
 from geomix.config import DataConfig, ModelConfig
 
 
@@ -104,18 +105,18 @@ def test_embedded_base_is_built_once_then_cached(tmp_path, monkeypatch):
     )
     data = DataConfig(train_size=64, val_size=16, test_size=16)
     torch.manual_seed(123)
-    first, _, tokenizer = models.create(cfg, data_cfg=data)
+    first, _, tokenizer = basemodel.starting_model(cfg, data)
     rng_after_miss = torch.get_rng_state()
-    path = models.base_path(cfg, data)
+    path = basemodel.base_path(cfg, data)
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
 
     # A second call must be a cache hit: building again would fail loudly.
     def no_build(*a, **k):
         raise AssertionError("the base model was rebuilt instead of read from the cache")
 
-    monkeypatch.setattr(models, "_build_base", no_build)
+    monkeypatch.setattr(basemodel, "_build", no_build)
     torch.manual_seed(123)
-    second, _, _ = models.create(cfg, data_cfg=data)
+    second, _, _ = basemodel.starting_model(cfg, data)
     # Building the base does not consume the caller's RNG: a hit and a miss leave the same state behind.
     assert torch.equal(torch.get_rng_state(), rng_after_miss)
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
@@ -126,10 +127,10 @@ def test_embedded_base_is_built_once_then_cached(tmp_path, monkeypatch):
     assert not torch.equal(fresh.visual.conv1.weight, first.visual.conv1.weight)
 
     # Fine-tune-only settings share the base; its recipe does not.
-    assert models.base_path(dataclasses.replace(cfg, cache_dir=cfg.cache_dir), dataclasses.replace(
+    assert basemodel.base_path(dataclasses.replace(cfg, cache_dir=cfg.cache_dir), dataclasses.replace(
         data, styles=("dark",), train_size=999)) == path
-    assert models.base_path(dataclasses.replace(cfg, base_epochs=2), data) != path
-    assert models.base_path(cfg, dataclasses.replace(data, base_styles=("flat",))) != path
+    assert basemodel.base_path(dataclasses.replace(cfg, base_epochs=2), data) != path
+    assert basemodel.base_path(cfg, dataclasses.replace(data, base_styles=("flat",))) != path
 
 
 def test_embedded_base_does_not_depend_on_the_callers_rng(tmp_path):
@@ -142,14 +143,14 @@ def test_embedded_base_does_not_depend_on_the_callers_rng(tmp_path):
                      base_epochs=1, base_train_size=64, base_batch_size=32)
         torch.manual_seed(caller_seed)
         torch.rand(caller_seed * 7)
-        built.append(models.create(cfg, data_cfg=data)[0].state_dict())
+        built.append(basemodel.starting_model(cfg, data)[0].state_dict())
     for k in built[0]:
         assert torch.equal(built[0][k], built[1][k]), k
 
 
 def test_embedded_base_needs_embedded_data():
     cfg = _micro(pretrained=models.EMBEDDED_BASE)
-    with pytest.raises(ValueError, match="embedded-base"):
-        models.create(cfg, data_cfg=None)
+    with pytest.raises(ValueError, match="embedded-base.*geomix.basemodel"):
+        models.create(cfg)  # the factory never trains: the base is basemodel's
     with pytest.raises(ValueError, match="data.source='shapes'"):
-        models.create(cfg, data_cfg=DataConfig(source="csv", path="x.csv"))
+        basemodel.starting_model(cfg, DataConfig(source="csv", path="x.csv"))

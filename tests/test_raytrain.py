@@ -1,4 +1,4 @@
-"""geomix.raytrain: the loop as a Ray Train V2 TorchTrainer (2 gloo workers, 1 worker, local mode)."""
+"""sweeps.raytrain: the loop as a Ray Train V2 TorchTrainer (2 gloo workers, 1 worker, local mode)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from geomix import raytrain  # noqa: E402
-from geomix.config import build_config  # noqa: E402
+from geomix.config import build_config, to_dict  # noqa: E402
+from sweeps import raytrain  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +114,32 @@ def test_fit_rejects_bad_worker_counts():
         raytrain.fit(build_config({}, SMALL), num_workers=-1, use_gpu=False, storage_path="/tmp/x", name="x")
     with pytest.raises(ValueError, match="optim.batch_size=32 is invalid with num_workers=3"):
         raytrain.fit(build_config({}, SMALL), num_workers=3, use_gpu=False, storage_path="/tmp/x", name="x")
+
+
+def test_worker_removes_its_scratch_and_restored_checkpoint(tmp_path, monkeypatch):
+    """A resumed worker copies the checkpoint into a folder of its own; that folder goes with the worker's
+    scratch folder when the loop ends (it used to be left behind in the temp folder)."""
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "state.pt").write_bytes(b"weights")
+    seen = {}
+
+    class Context:
+        def get_world_rank(self):
+            return 0
+
+    def fake_run(cfg, *, hooks):
+        restored = hooks.initial_checkpoint()
+        seen.update(restored=restored, out_dir=cfg.run.out_dir, resume=cfg.run.resume)
+        with open(os.path.join(restored, "state.pt"), "rb") as f:
+            assert f.read() == b"weights"
+        return {"status": "completed"}
+
+    monkeypatch.setattr(ray.train, "get_context", Context)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(saved)))
+    monkeypatch.setattr(raytrain.train, "run", fake_run)
+
+    raytrain.train_loop_per_worker(to_dict(build_config({}, SMALL)))
+    assert seen["restored"].startswith(seen["out_dir"]) and seen["resume"] is False
+    assert not os.path.exists(seen["restored"]) and not os.path.exists(seen["out_dir"])
+    assert (saved / "state.pt").is_file()  # the stored checkpoint itself is untouched

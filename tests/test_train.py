@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geomix import models, train
+from geomix import basemodel, train
 from geomix.config import build_config
 
 SMALL = [
@@ -178,6 +178,6 @@ def test_cli_prints_base_and_fine_tuned(tmp_path, capsys):
     assert code == 0
     assert "test R@1 i->t: base" in out and "-> fine-tuned" in out
     assert "r1_i2t" in out and "status=completed" in out
-    assert models.base_path(build_config({}, SMALL + base).model, build_config({}, SMALL).data).is_file()
+    assert basemodel.base_path(build_config({}, SMALL + base).model, build_config({}, SMALL).data).is_file()
     assert (tmp_path / "out" / "result.json").is_file()
     assert train.main(["optim.lr=-1"]) == 2

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from geomix.checks import check_choice
 from geomix.config import DataConfig
 from geomix.data.sets import EvalSet, FastTransform, ImageSet, TrainSet, make_eval_set
 from geomix.data.shapes import STYLES, ShapesData
@@ -73,7 +74,7 @@ def build_train_set(
     """The training split as a torch Dataset of ``(image [3, H, W], tokens [L])``.
 
     Args:
-        cfg: the data config (validated here).
+        cfg: the data config.
         transform: open_clip preprocess (PIL -> tensor), or None for the fast built-in transform.
         tokenize: open_clip tokenizer (list[str] -> LongTensor [k, L]); every caption is tokenised once.
         styles: embedded data only: styles to draw (default ``cfg.styles``; the base model uses
@@ -86,7 +87,6 @@ def build_train_set(
     Returns:
         A :class:`TrainSet`; call ``set_epoch(e)`` at the start of every epoch.
     """
-    cfg.validate()
     if cfg.source == "shapes" and styles is not None:
         _check_styles(styles)
     source = _source(cfg, "train", styles, size)
@@ -108,10 +108,7 @@ def build_eval_set(
     ``cfg.eval_captions='first'`` keeps only each image's first caption. ``styles`` / ``size`` as in
     :func:`build_train_set` (defaults ``cfg.styles`` and ``cfg.val_size`` / ``cfg.test_size``).
     """
-    from geomix.config import check_choice
-
     check_choice("split", split, ("val", "test"))
-    cfg.validate()
     if cfg.source == "shapes" and styles is not None:
         _check_styles(styles)
     source = _source(cfg, split, styles, size)
@@ -121,8 +118,6 @@ def build_eval_set(
 
 
 def _check_styles(styles: tuple[str, ...] | list[str]) -> None:
-    from geomix.config import check_choice
-
     if not styles:
         raise ValueError(f"styles={styles!r} is invalid: allowed a non-empty subset of {STYLES}")
     for s in styles:
@@ -134,9 +129,9 @@ def validate_data(cfg: DataConfig) -> dict[str, int]:
 
     Embedded data: the config (styles, sizes, image size). File sources: every file, column, row and image
     of every split (see :mod:`geomix.data.loaders`); a ValueError names the file and row, unless
-    ``cfg.skip_bad``, which skips bad rows and reports them under ``'skipped'``.
+    ``cfg.skip_bad``, which skips bad rows and reports them under ``'skipped'``. (The config itself was
+    validated when it was built.)
     """
-    cfg.validate()
     if cfg.source == "shapes":
         overlap = sorted(set(cfg.styles) & set(cfg.base_styles))
         if overlap:

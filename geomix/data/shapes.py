@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from geomix.checks import check_choice, check_range
 from geomix.config import SHAPE_STYLES
 from geomix.data.captions import COLOURS, POSITION_CELLS, POSITIONS, SHAPES, Obj, class_prompt, make_captions
 
@@ -195,8 +196,6 @@ def class_prompts() -> list[str]:
 
 def check_shapes_args(split: str, size: int, styles: tuple[str, ...], image_size: int, captions: int) -> None:
     """ValueError naming the bad value, for any argument :class:`ShapesData` cannot use."""
-    from geomix.config import check_choice, check_range
-
     check_choice("split", split, SPLITS)
     check_range("size", size, 1, None)
     if not styles:

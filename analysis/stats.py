@@ -81,11 +81,9 @@ def fmt_num(x: float, decimals: int, *, sign: bool = False) -> str:
     return s
 
 
-def fmt_mean_std(s: Summary, decimals: int) -> str:
-    """``"81.20 ± 0.35"``; one seed gives ``"81.20 ± –"``; no value gives ``"–"``."""
-    if s.n == 0:
-        return DASH
-    return f"{fmt_num(s.mean, decimals)} ± {fmt_num(s.std, decimals)}"
+def mean_std_text(mean: float, std: float, decimals: int) -> str:
+    """``"81.20 ± 0.35"``; a NaN std (one seed) gives ``"81.20 ± –"``."""
+    return f"{fmt_num(mean, decimals)} ± {fmt_num(std, decimals)}"
 
 
 def fmt_paired(d: PairedDiff, decimals: int) -> str:

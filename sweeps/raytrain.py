@@ -1,9 +1,10 @@
 """Ray Train V2 wrapper: the geomix training loop as a ``TorchTrainer`` worker, and :func:`fit`.
 
-This is the one module that touches the Ray Train API (it has been renamed often). Checked against Ray
-2.60: ``ray.train.torch.TorchTrainer``, ``ray.train.{ScalingConfig, RunConfig, FailureConfig, Checkpoint,
-report, get_context, get_checkpoint}``; ``ScalingConfig(num_workers=0)`` runs the loop in-process (Train
-V2 local mode, no worker group: saves ~10 s of start-up per trial on a laptop).
+This is the only module of ``sweeps`` that imports ``ray.train`` (its API has been renamed often; the Tune
+side is :mod:`sweeps.tune_api`). Checked against Ray 2.60: ``ray.train.torch.TorchTrainer``,
+``ray.train.{ScalingConfig, RunConfig, FailureConfig, Checkpoint, report, get_context, get_checkpoint}``;
+``ScalingConfig(num_workers=0)`` runs the loop in-process (Train V2 local mode, no worker group: saves
+~10 s of start-up per trial on a laptop).
 
 Example::
 
@@ -24,8 +25,9 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+import store
 from geomix import train
-from geomix.config import TrainConfig, build_config, to_dict
+from geomix.config import TrainConfig, from_dict, merge, to_dict
 from geomix.logs import quiet_ray_checkpoint_logs
 
 
@@ -38,8 +40,8 @@ class _RayHooks:
 
     all_ranks = True
 
-    def __init__(self) -> None:
-        self._restore_dir: str | None = None
+    def __init__(self, restore_dir: str) -> None:
+        self._restore_dir = restore_dir
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -49,8 +51,8 @@ class _RayHooks:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        # Copied to a folder this worker owns: the storage copy may be remote or cleaned up.
-        self._restore_dir = tempfile.mkdtemp(prefix="geomix-restore-")
+        # Copied to a folder this worker owns (removed with its scratch folder): the storage copy may be
+        # remote or cleaned up.
         return checkpoint.to_directory(self._restore_dir)
 
     def node_id(self) -> str | None:
@@ -70,8 +72,8 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry: rebuild the :class:`TrainConfig` from ``config`` (a :func:`to_dict` dict,
-    possibly with Tune-sampled dotted overrides under ``"overrides"``) and run the trial.
+    """Ray Train worker entry: build the :class:`TrainConfig` from ``config`` (a :func:`to_dict` dict,
+    plus ``embeddings_to``) and run the trial.
 
     Every worker runs :func:`geomix.train.run`; Ray has initialised ``torch.distributed`` (gloo / nccl)
     when there is more than one worker. Checkpoints are written to a worker-local folder and handed to
@@ -81,27 +83,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     quiet_ray_checkpoint_logs()
     config = dict(config)
     embeddings_to = config.pop("embeddings_to", None)
-    overrides = [f"{k}={v}" for k, v in (config.pop("overrides", None) or {}).items()]
-    cfg = build_config(config, overrides)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     scratch = tempfile.mkdtemp(prefix=f"geomix-rank{rank}-")
     try:
-        run_cfg = cfg.run
-        if run_cfg.out_dir is None or rank != 0:
-            # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
-            run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "out_dir": scratch})
         # Resume is Ray's job (get_checkpoint); never pick up a stale local folder.
-        run_cfg = type(run_cfg)(**{**to_dict(run_cfg), "resume": False, "progress": False})
-        cfg = build_config({**to_dict(cfg), "run": to_dict(run_cfg)})
-        train.run(cfg, hooks=_RayHooks())
+        run = {"resume": False, "progress": False}
+        if config["run"].get("out_dir") is None or rank != 0:
+            # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
+            run["out_dir"] = scratch
+        cfg = from_dict(TrainConfig, merge(config, {"run": run}))
+        train.run(cfg, hooks=_RayHooks(os.path.join(scratch, "restore")))
         if embeddings_to and rank == 0 and cfg.run.save_embeddings:
             # rank 0's folder is local to its node: put the file where the sweep's results are
-            from geomix.results import keep_embeddings
-
-            keep_embeddings(run_cfg.out_dir, *embeddings_to)
+            store.keep_embeddings(cfg.run.out_dir, *embeddings_to)
     finally:
-        # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it)
+        # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it), and the
+        # restored checkpoint was read at the start
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -120,7 +117,7 @@ def fit(
     """Run one trial as a Ray Train ``TorchTrainer``.
 
     Args:
-        cfg: the validated trial config.
+        cfg: the trial config.
         num_workers: training workers (DDP ranks); 0 runs the loop in this process (Train V2 local mode).
         use_gpu: one GPU per worker and the NCCL backend; otherwise CPU workers with gloo.
         storage_path: where Ray persists checkpoints and results (a local folder, or shared storage
@@ -130,7 +127,7 @@ def fit(
         callbacks: Train ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback``).
         max_failures: worker-group failures to recover from (from the last checkpoint).
         controller_failure_limit: controller failures tolerated before failing (finite, so a scheduling
-            problem fails instead of hanging; ray-notes item 3).
+            problem fails instead of hanging; ``docs/ray-notes.md``, item 3).
         embeddings_to: ``(results folder or URI, relative name)``: with ``run.save_embeddings`` rank 0
             copies its final ``embeddings_test.npz`` there (its own folder is local to its node).
 
@@ -138,7 +135,6 @@ def fit(
         The ``ray.train.Result``: ``metrics`` is rank 0's last report (``done=True``, ``status``,
         ``test_*``), ``checkpoint`` the last reported checkpoint.
     """
-    cfg = cfg.validate()
     if num_workers < 0:
         raise ValueError(f"num_workers={num_workers} is invalid: allowed is an integer >= 0")
     if num_workers > 1 and cfg.optim.batch_size % num_workers:

@@ -7,8 +7,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from geomix import results as R
+import store
+import store as R
+from geomix import registry
 
 
 def _trial(tid, method="ft", seed=0, status="completed", rsum=100.0, **extra):
@@ -26,7 +29,8 @@ def _trial(tid, method="ft", seed=0, status="completed", rsum=100.0, **extra):
 def test_constants_match_the_contract():
     assert R.SCHEMA_VERSION == 1
     assert R.STATUSES == ("completed", "early_stopped", "failed", "diverged")
-    assert R.METHOD_IDS[:2] == ("zs", "ft") and R.METHOD_IDS[-1] == "search" and len(R.METHOD_IDS) == 13
+    # the metric columns are the registry's metrics, in evaluate_embeddings' order (one vocabulary)
+    assert R.METRIC_COLUMNS == registry.METRIC_KEYS and R.SPLITS == registry.SPLITS
     for m in ("r1_i2t", "r10_t2i", "rsum", "align", "unif", "gap", "ece", "zs_acc"):
         assert m in R.METRIC_COLUMNS
 
@@ -185,12 +189,12 @@ def test_trial_row_and_history_rows_shape():
 
 def test_resolved_config_round_trip(tmp_path):
     R.save_resolved_config(tmp_path, {"sweep": "s", "methods": ("ft", "zs"), "loss": {"tau": None}})
-    assert R.load_resolved_config(tmp_path) == {"sweep": "s", "methods": ["ft", "zs"], "loss": {"tau": None}}
-    assert R.load_resolved_config(tmp_path / "none") is None
+    saved = yaml.safe_load((tmp_path / R.CONFIG_FILE).read_text())
+    assert saved == {"sweep": "s", "methods": ["ft", "zs"], "loss": {"tau": None}}
 
 
-def test_import_geomix_results_does_not_import_pandas():
-    code = "import sys, geomix.results; assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules"
+def test_import_store_does_not_import_torch():
+    code = "import sys, store; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -217,7 +221,9 @@ class _NoMoveFS:
 def test_atomic_write_falls_back_to_copy_without_move(tmp_path):
     fake = _NoMoveFS()
     path = f"{tmp_path}/trials.parquet"
-    R._write_table_atomic(fake, path, pa.table({"trial_id": ["a"], "schema_version": [1]}))
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"trial_id": ["a"], "schema_version": [1]}), sink)
+    store.fs.write_bytes(fake, path, sink.getvalue().to_pybytes())
     assert fake.copied == [path]
     assert pq.read_table(path).column("trial_id").to_pylist() == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # the temp file is gone

@@ -1,0 +1,46 @@
+"""Configuration: one frozen dataclass per concern (:mod:`.schema`), files and overrides (:mod:`.io`).
+
+Example::
+
+    cfg = load_config("exp.yaml", ["loss.w_m2=0.1", "optim.epochs=3"])
+    flat = flatten(to_dict(cfg))        # {"loss.w_m2": 0.1, ...} -> Parquet columns
+"""
+
+from geomix.checks import ConfigError, check_choice, check_range
+from geomix.config.io import (
+    build_config,
+    config_hash,
+    from_dict,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    save_config,
+    to_dict,
+)
+from geomix.config.schema import (
+    LAMBDA_POLICIES,
+    LOSS_KINDS,
+    MIX_GEOMETRIES,
+    PARTNER_POLICIES,
+    SECTIONS,
+    SHAPE_STYLES,
+    WASSERSTEIN_ESTIMATORS,
+    WEIGHT_DECAYS,
+    DataConfig,
+    LambdaConfig,
+    LossConfig,
+    MixConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from geomix.dotted import flatten, merge, unflatten
+
+__all__ = [
+    "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
+    "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
+    "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SHAPE_STYLES",
+    "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "LambdaConfig", "LossConfig", "MixConfig",
+    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
+]

@@ -1,0 +1,185 @@
+"""Config files and overrides: dict <-> dataclass, YAML, dotted ``key=value`` overrides, hashing.
+
+Layering (as DINOv2 does it): dataclass defaults -> an experiment YAML file -> ``key=value`` overrides on the
+command line. Unknown keys are an error, never ignored; a value of the wrong type is named with its dotted
+key. The resolved config is a plain dict (:func:`to_dict`) that round-trips through :func:`from_dict`, so it
+is saved beside results and reloaded.
+
+Why hand-written rather than OmegaConf or pydantic: the schema is a handful of frozen dataclasses whose
+validation lives in their ``__post_init__`` (so every construction path validates, pickling to Ray workers
+is plain dataclass pickling), errors keep the project's one-line ``X=v is invalid: allowed …`` format, and
+the per-term keys (``loss.w_<term>``, ``mix.<term>``) come from the open term registry, which neither
+library's structured configs express without the same amount of glue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from geomix import atomic
+from geomix.checks import ConfigError, fail
+from geomix.config.schema import TrainConfig
+from geomix.config.sections import _Section, literal_choices
+from geomix.dotted import merge, unflatten
+
+T = TypeVar("T")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+__all__ = [
+    "from_dict", "to_dict", "parse_overrides", "load_yaml", "build_config", "load_config", "config_hash",
+    "save_config",
+]
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        fail(name, value, f"a value of type {getattr(tp, '__name__', tp)}")
+    if isinstance(tp, type) and issubclass(tp, _Section):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            fail(name, value, f"a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, prefix=name)
+    choices = literal_choices(tp)
+    if choices is not None:
+        if value not in choices:
+            fail(name, value, "one of " + ", ".join(repr(c) for c in choices))
+        return value
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            fail(name, value, "a list")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value))
+        if len(args) != len(value):
+            fail(name, value, f"a list of exactly {len(args)} values")
+        return tuple(_coerce(f"{name}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail(name, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            fail(name, value, "an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(name, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail(name, value, "a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
+    """Build config class ``cls`` from a (nested) mapping, validated by its construction.
+
+    Raises:
+        ConfigError (a ``ValueError``): an unknown key, a wrong type or a bad value, named by its dotted key
+            under ``prefix``.
+    """
+    data = dict(data or {})
+    fields = cls.serial_fields()  # type: ignore[attr-defined]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}: allowed keys under "
+            f"{prefix or 'the top level'} are {', '.join(sorted(fields))}"
+        )
+    kwargs = {key: _coerce(f"{prefix}.{key}" if prefix else key, fields[key], value)
+              for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # the section's own name -> where it sits in this mapping
+        section = cls.section  # type: ignore[attr-defined]
+        raise (e.relocated(section, prefix) if section and prefix else e) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A config object as a nested dict of plain values (tuples become lists), ready for YAML or JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, _Section):
+            return {k: plain(x) for k, x in v.serial_items()}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(obj)
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["loss.w_m2=0.1", "data.styles=[dark]"]`` -> nested dict; values are parsed as YAML scalars."""
+    flat: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is invalid: allowed form is dotted.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} is invalid: allowed form is dotted.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # YAML 1.1 reads "2e-3" (no dot) as a string; a researcher typing lr=2e-3 means a number
+            value = float(value)
+        flat[key] = value
+    return unflatten(flat)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist: allowed is a path to a YAML file")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} holds {type(data).__name__}: allowed is a YAML mapping")
+    return data
+
+
+def build_config(data: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Defaults <- ``data`` <- ``overrides``, validated on construction."""
+    return from_dict(TrainConfig, merge(data or {}, parse_overrides(overrides)))
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated. The command-line entry point's loader."""
+    return build_config(load_yaml(path) if path else {}, overrides)
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """A stable short hash of a config (config object or dict), e.g. to cache a base model by its recipe."""
+    payload = json.dumps(to_dict(obj) if isinstance(obj, _Section) else obj, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: temp file + rename)."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    atomic.write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,411 @@
+"""The config dataclasses: one frozen dataclass per concern, each validated once, on construction.
+
+Choices are ``Literal`` types (the allowed values live in the type, nowhere else); ranges and cross-field
+rules are checked in ``__post_init__``, so no object of these classes is ever invalid and no module
+re-validates one it is handed (``dataclasses.replace`` constructs, hence validates, too). A bad value
+raises :class:`~geomix.checks.ConfigError` naming the dotted key (``loss.w_m2=-0.1 is invalid: allowed …``).
+
+The per-term parts are open: :class:`LossConfig` holds one weight and :class:`MixConfig` one
+:class:`LambdaConfig` per term of :data:`geomix.registry.TERMS`, spelled ``loss.w_<term>`` and
+``mix.<term>.*`` in files, overrides and result columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from geomix import registry
+from geomix.checks import ConfigError, check_choice, check_range, fail
+from geomix.config.sections import (
+    LAMBDA_POLICIES,
+    LOSS_KINDS,
+    MIX_GEOMETRIES,
+    PARTNER_POLICIES,
+    SHAPE_STYLES,
+    WASSERSTEIN_ESTIMATORS,
+    WEIGHT_DECAYS,
+    DataSource,
+    Decay,
+    Device,
+    Estimator,
+    EvalCaptions,
+    Geometry,
+    LambdaPolicyName,
+    LossKind,
+    PartnerPolicyName,
+    Precision,
+    _Section,
+    literal_choices,
+)
+
+
+@dataclass(frozen=True)
+class LambdaConfig(_Section):
+    """How one mix term draws its λ each step (``docs/losses.md``, *λ policies*).
+
+    ``beta``: λ ~ Beta(alpha, beta) with ``beta=None`` meaning symmetric Beta(alpha, alpha).
+    ``fixed``: λ = value. ``progressive``: P-Mixup's rule with ``temperature`` (T) and ``sigma``, distances
+    estimated by ``estimator`` ('sliced' with ``n_projections`` fixed random directions, or 'exact' OT,
+    which needs POT). ``history``: an EMA of Beta draws with ``momentum`` (see ``geomix.mixing``).
+    """
+
+    section: ClassVar[str] = "lambda"
+    policy: LambdaPolicyName = "beta"
+    alpha: float = 0.5
+    beta: float | None = None
+    value: float = 0.5
+    temperature: float = 0.05
+    sigma: float = 0.2
+    estimator: Estimator = "sliced"
+    n_projections: int = 64
+    momentum: float = 0.9
+
+    def _check(self, p: str) -> None:
+        check_range(f"{p}.alpha", self.alpha, 0.0, None, lo_open=True)
+        if self.beta is not None:
+            check_range(f"{p}.beta", self.beta, 0.0, None, lo_open=True)
+        check_range(f"{p}.value", self.value, 0.0, 1.0)
+        check_range(f"{p}.temperature", self.temperature, 0.0, None, lo_open=True)
+        check_range(f"{p}.sigma", self.sigma, 0.0, 1.0)
+        check_range(f"{p}.n_projections", self.n_projections, 1, None)
+        check_range(f"{p}.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+
+
+def _term_values(given: Mapping[str, Any], default: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    """One value per registered term, in registry order; a name that is not a registered term fails."""
+    unknown = [k for k in given if k not in registry.TERMS]
+    if unknown:
+        allowed = "a registered mix term: " + ", ".join(registry.TERMS)
+        fail(what.format(unknown[0]), given[unknown[0]], allowed)
+    return tuple((t, given[t] if t in given else default(t)) for t in registry.TERMS)
+
+
+def _split_term_kwargs(kwargs: dict[str, Any], prefix: str, cls: str) -> dict[str, Any]:
+    out = {}
+    for key, value in kwargs.items():
+        if not key.startswith(prefix):
+            raise TypeError(f"{cls}() got an unexpected keyword argument {key!r}")
+        out[key[len(prefix):]] = value
+    return out
+
+
+@dataclass(frozen=True, init=False)
+class MixConfig(_Section):
+    """Where and how embeddings are mixed: geometry, partners, and one λ policy per mix term.
+
+    ``MixConfig(v=LambdaConfig(alpha=0.5))`` or ``MixConfig(lambdas={"v": ...})``; ``cfg.v`` reads one term's
+    policy. A term not given gets ``LambdaConfig(alpha=<the term's lam_alpha>)``.
+    """
+
+    section: ClassVar[str] = "mix"
+    geometry: Geometry = "geodesic"
+    partner: PartnerPolicyName = "reverse"
+    lambdas: tuple[tuple[str, LambdaConfig], ...] = ()
+
+    def __init__(
+        self,
+        geometry: Geometry = "geodesic",
+        partner: PartnerPolicyName = "reverse",
+        lambdas: Mapping[str, LambdaConfig] | tuple[tuple[str, LambdaConfig], ...] | None = None,
+        **terms: LambdaConfig,
+    ) -> None:
+        given = {**dict(lambdas or {}), **_split_term_kwargs(terms, "", "MixConfig")}
+        for name, lam in given.items():
+            if not isinstance(lam, LambdaConfig):
+                fail(f"mix.{name}", lam, "a LambdaConfig")
+        object.__setattr__(self, "geometry", geometry)
+        object.__setattr__(self, "partner", partner)
+        object.__setattr__(self, "lambdas", _term_values(
+            given, lambda t: LambdaConfig(alpha=registry.TERMS[t].lam_alpha), "mix.{}"))
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> LambdaConfig:
+        if not name.startswith("_"):
+            for term, lam in self.__dict__.get("lambdas", ()):
+                if term == name:
+                    return lam
+        raise AttributeError(f"MixConfig has no attribute or mix term {name!r}")
+
+    def lam(self, term: str) -> LambdaConfig:
+        """The λ policy of ``term`` (a term registered after this config was built gets its default)."""
+        for name, lam in self.lambdas:
+            if name == term:
+                return lam
+        return LambdaConfig(alpha=registry.TERMS[term].lam_alpha)
+
+    @classmethod
+    def serial_fields(cls) -> dict[str, Any]:
+        terms = dict.fromkeys(registry.TERMS, LambdaConfig)
+        return {"geometry": Geometry, "partner": PartnerPolicyName, **terms}
+
+    def serial_items(self) -> Iterator[tuple[str, Any]]:
+        yield "geometry", self.geometry
+        yield "partner", self.partner
+        yield from self.lambdas
+
+
+@dataclass(frozen=True, init=False)
+class LossConfig(_Section):
+    """Which loss terms run and how much each weighs (``docs/losses.md``, *Terms*).
+
+    ``kind='contrastive'``: ``L = L_clip + decay(epoch)·Σ_t w_t·L_t`` over the mix terms (``w_m2``, ``w_v``,
+    ``w_l``, ``w_vl``, ...: one weight per registered term, its own term each, so the paper's
+    ``w_uni·½(L_V + L_L)`` is ``w_v = w_l = w_uni/2``). ``kind='imix'`` / ``'unmix'``: the input-level
+    baselines (mix pixels; ``input_alpha`` is their Beta(α, α)).
+    ``tau``: None = learnable temperature (open_clip's ``logit_scale``); a number = fixed τ.
+    ``m2_tau``: None = the m² term uses the same scale as CLIP; a number = its own fixed τ (authors: 0.07).
+    ``local_loss``: under DDP compute each rank's rows against gathered columns with rank label offsets
+    instead of the full gathered matrix (same value, less memory).
+
+    ``LossConfig(w_m2=0.1)`` or ``LossConfig(weights={"m2": 0.1})``; ``cfg.w_m2`` / ``cfg.weight("m2")`` read.
+    """
+
+    section: ClassVar[str] = "loss"
+    kind: LossKind = "contrastive"
+    weights: tuple[tuple[str, float], ...] = ()
+    decay: Decay = "constant"
+    tau: float | None = None
+    m2_tau: float | None = None
+    input_alpha: float = 1.0
+    local_loss: bool = False
+
+    def __init__(
+        self,
+        kind: LossKind = "contrastive",
+        weights: Mapping[str, float] | tuple[tuple[str, float], ...] | None = None,
+        decay: Decay = "constant",
+        tau: float | None = None,
+        m2_tau: float | None = None,
+        input_alpha: float = 1.0,
+        local_loss: bool = False,
+        **term_weights: float,
+    ) -> None:
+        given = {**dict(weights or {}), **_split_term_kwargs(term_weights, "w_", "LossConfig")}
+        values = dict(kind=kind, decay=decay, tau=tau, m2_tau=m2_tau, input_alpha=input_alpha,
+                      local_loss=local_loss, weights=_term_values(given, lambda t: 0.0, "loss.w_{}"))
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("w_"):
+            for term, w in self.__dict__.get("weights", ()):
+                if term == name[2:]:
+                    return w
+        raise AttributeError(f"LossConfig has no attribute or term weight {name!r}")
+
+    def weight(self, term: str) -> float:
+        """The weight of ``term`` (0 for a term registered after this config was built)."""
+        return dict(self.weights).get(term, 0.0)
+
+    @property
+    def active_terms(self) -> tuple[str, ...]:
+        """The mix terms with a weight > 0, in registry order."""
+        return tuple(t for t, w in self.weights if w > 0)
+
+    @classmethod
+    def serial_fields(cls) -> dict[str, Any]:
+        fields = super().serial_fields()
+        del fields["weights"]
+        out: dict[str, Any] = {"kind": fields.pop("kind")}
+        out.update({f"w_{t}": float for t in registry.TERMS})
+        return {**out, **fields}
+
+    def serial_items(self) -> Iterator[tuple[str, Any]]:
+        yield "kind", self.kind
+        for term, w in self.weights:
+            yield f"w_{term}", w
+        for key in ("decay", "tau", "m2_tau", "input_alpha", "local_loss"):
+            yield key, getattr(self, key)
+
+    def _check(self, p: str) -> None:
+        for term, w in self.weights:
+            check_range(f"{p}.w_{term}", w, 0.0, None)
+        if self.tau is not None:
+            check_range(f"{p}.tau", self.tau, 0.0, None, lo_open=True)
+        if self.m2_tau is not None:
+            check_range(f"{p}.m2_tau", self.m2_tau, 0.0, None, lo_open=True)
+        check_range(f"{p}.input_alpha", self.input_alpha, 0.0, None, lo_open=True)
+        if self.kind != "contrastive" and self.active_terms:
+            names = ", ".join(f"w_{t}" for t in registry.TERMS)
+            fail(f"{p}.kind", self.kind, f"'contrastive' when any of {names} is > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which image-caption data to train and evaluate on.
+
+    ``source='shapes'``: the embedded generator (``geomix.data``), deterministic from ``seed``; the base
+    model is pre-trained on ``base_styles`` and the fine-tune uses ``styles`` (held back from the base).
+    ``source='csv'``: open_clip-style CSV at ``path`` (``csv_img_key``, ``csv_caption_key``,
+    ``csv_separator``), with ``val_path``/``test_path`` for the evaluation splits.
+    ``source='json'``: Karpathy-split JSON at ``path`` with images under ``image_root``.
+    """
+
+    section: ClassVar[str] = "data"
+    source: DataSource = "shapes"
+    path: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    image_root: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    skip_bad: bool = False
+    seed: int = 0
+    image_size: int = 32
+    styles: tuple[str, ...] = ("dark",)
+    base_styles: tuple[str, ...] = ("flat", "outline", "textured")
+    train_size: int = 2048
+    val_size: int = 256
+    test_size: int = 512
+    captions_per_image: int = 5
+    eval_captions: EvalCaptions = "all"
+    loader_workers: int = 0
+
+    def _check(self, p: str) -> None:
+        if self.source != "shapes" and not self.path:
+            fail(f"{p}.path", self.path, f"a file path when {p}.source={self.source!r}")
+        check_range(f"{p}.image_size", self.image_size, 8, 512)
+        for name in ("train_size", "val_size", "test_size"):
+            check_range(f"{p}.{name}", getattr(self, name), 2, None)
+        check_range(f"{p}.captions_per_image", self.captions_per_image, 1, None)
+        check_range(f"{p}.loader_workers", self.loader_workers, 0, 64)
+        if not self.styles:
+            fail(f"{p}.styles", self.styles, "at least one style")
+        if self.source == "shapes":
+            for name in ("styles", "base_styles"):
+                for i, style in enumerate(getattr(self, name)):
+                    check_choice(f"{p}.{name}[{i}]", style, SHAPE_STYLES)
+            check_range(f"{p}.image_size", self.image_size, 16, 256)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Which open_clip model and weights.
+
+    ``name``: any open_clip model name, or one of geomix's registered tiny configs. ``pretrained``: None
+    (random init), an open_clip pretrained tag, a local checkpoint path, or ``'embedded-base'`` (the
+    model pre-trained on the embedded data's base styles, built once and cached by config hash under
+    ``cache_dir``). ``base_epochs`` / ``base_lr`` / ``base_train_size``: how that base model is made.
+    """
+
+    section: ClassVar[str] = "model"
+    name: str = "geomix-tiny"
+    pretrained: str | None = "embedded-base"
+    cache_dir: str = ".cache/geomix"
+    base_epochs: int = 8
+    base_lr: float = 1e-3
+    base_train_size: int = 4096
+    base_batch_size: int = 128
+    init_tau: float = 0.07
+    max_logit_scale: float = 100.0
+
+    def _check(self, p: str) -> None:
+        if not self.name:
+            fail(f"{p}.name", self.name, "a non-empty open_clip model name")
+        check_range(f"{p}.base_epochs", self.base_epochs, 1, None)
+        check_range(f"{p}.base_lr", self.base_lr, 0.0, None, lo_open=True)
+        check_range(f"{p}.base_train_size", self.base_train_size, 2, None)
+        check_range(f"{p}.base_batch_size", self.base_batch_size, 2, None)
+        check_range(f"{p}.init_tau", self.init_tau, 0.0, None, lo_open=True)
+        check_range(f"{p}.max_logit_scale", self.max_logit_scale, 1.0, None)
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """AdamW with linear warm-up then cosine decay, per step."""
+
+    section: ClassVar[str] = "optim"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_frac: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    max_steps: int | None = None
+
+    def _check(self, p: str) -> None:
+        check_range(f"{p}.epochs", self.epochs, 1, None)
+        check_range(f"{p}.batch_size", self.batch_size, 2, None)
+        check_range(f"{p}.lr", self.lr, 0.0, None, lo_open=True)
+        check_range(f"{p}.weight_decay", self.weight_decay, 0.0, None)
+        check_range(f"{p}.warmup_frac", self.warmup_frac, 0.0, 1.0, hi_open=True)
+        for i, b in enumerate(self.betas):
+            check_range(f"{p}.betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        check_range(f"{p}.eps", self.eps, 0.0, None, lo_open=True)
+        if self.grad_clip is not None:
+            check_range(f"{p}.grad_clip", self.grad_clip, 0.0, None, lo_open=True)
+        if self.max_steps is not None:
+            check_range(f"{p}.max_steps", self.max_steps, 1, None)
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """Everything about one run that is not the experiment: seed, device, evaluation, checkpoints.
+
+    ``eval_every``: evaluate on the validation split every N epochs (0 = only at the end); the test split
+    is always evaluated at the end. ``out_dir``: checkpoints, metrics and saved embeddings (None = no
+    files). ``resume``: continue from the last checkpoint in ``out_dir`` if there is one.
+    ``eval_start``: also evaluate the starting model on the test split (result keys ``start_test_*``; the
+    command line turns it on to print base -> fine-tuned). ``report_every``: also report training
+    progress (loss, λ) to the hooks every N steps (0 = only at evaluation points).
+    """
+
+    section: ClassVar[str] = "run"
+    seed: int = 0
+    device: Device = "auto"
+    precision: Precision = "auto"
+    eval_every: int = 1
+    log_every: int = 10
+    out_dir: str | None = None
+    checkpoint_every: int = 1
+    resume: bool = True
+    save_embeddings: bool = False
+    threads: int | None = None
+    progress: bool = True
+    eval_start: bool = False
+    report_every: int = 0
+
+    def _check(self, p: str) -> None:
+        check_range(f"{p}.eval_every", self.eval_every, 0, None)
+        check_range(f"{p}.log_every", self.log_every, 1, None)
+        check_range(f"{p}.checkpoint_every", self.checkpoint_every, 0, None)
+        if self.threads is not None:
+            check_range(f"{p}.threads", self.threads, 1, None)
+        check_range(f"{p}.report_every", self.report_every, 0, None)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """One trial: everything ``geomix.train`` needs, and what a sweep stores per trial."""
+
+    section: ClassVar[str] = ""
+    method: str = "ft"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def _check(self, p: str) -> None:
+        if not self.method:
+            fail("method", self.method, "a non-empty method id")
+
+
+#: The top-level sections of a :class:`TrainConfig`, by key.
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "mix": MixConfig, "optim": OptimConfig,
+    "run": RunConfig,
+}
+
+__all__ = [
+    "ConfigError", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig", "ModelConfig", "OptimConfig",
+    "RunConfig", "TrainConfig", "SECTIONS", "LAMBDA_POLICIES", "PARTNER_POLICIES", "MIX_GEOMETRIES",
+    "WEIGHT_DECAYS", "LOSS_KINDS", "WASSERSTEIN_ESTIMATORS", "SHAPE_STYLES", "literal_choices",
+]

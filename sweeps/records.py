@@ -1,0 +1,152 @@
+"""What a sweep records: trial statuses, ``trials`` / ``history`` rows, and the callback that writes them.
+
+:class:`ResultsCallback` (on the driver) writes ``history`` rows on every Tune result and a ``trials`` row
+when a trial ends, through ``store.write_rows`` (atomic, merged by key), then deletes the finished trial's
+checkpoints. A row's config is the resolved nested dict the trial carries in its Tune config
+(``sweeps.spec``), never resolved again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pyarrow import fs as pafs
+
+import store
+from store.fs import join, resolve
+from sweeps import tune_api as tune
+from sweeps.spec import FINAL_KEY, STATUS_KEY, SweepSpec, describe, train_storage, trial_name, trial_of
+
+log = logging.getLogger(__name__)
+
+_HISTORY_KEYS = ("epoch", "step", "samples_seen", "train_loss")
+_TRIAL_KEYS = (
+    "epoch", "steps", "samples_seen", "wall_s", "samples_per_s", "num_workers", "device", "node_ids",
+    "embeddings_path",
+)
+
+
+def trial_status(result: Mapping[str, Any] | None, error: bool) -> str:
+    """completed / diverged (the trial's own final report), failed (raised), else early_stopped."""
+    if error:
+        return "failed"
+    if result and result.get(FINAL_KEY) and result.get(STATUS_KEY) in ("completed", "diverged"):
+        return str(result[STATUS_KEY])
+    return "early_stopped"
+
+
+def history_rows(trial_id: str, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One Tune result -> ``history`` rows (``store.history_rows``), without Tune's own keys."""
+    report = {k: v for k, v in result.items()
+              if (k in _HISTORY_KEYS or k.startswith(("val_", "test_", "loss_", "lam_"))) and _is_num(v)}
+    if "step" not in report:
+        return []
+    rows = store.history_rows(trial_id, report)
+    for row in rows:  # when the driver saw it: tells a resumed trial's rows from rows of a rerun
+        row["reported_at"] = time.time()
+    return rows
+
+
+def trial_row(
+    spec: SweepSpec, trial_id: str, trial: Mapping[str, Any], result: Mapping[str, Any] | None,
+    status: str, error: str | None, env: Mapping[str, Any], timing: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One ``trials`` row (``store.trial_row``) from a trial's own config (``sweeps.spec.trial_config``: its
+    resolved nested config, ``method_rank``, ``overrides``): status, final test metrics, last validation
+    metrics, timings, node ids, versions."""
+    result = dict(result or {})
+    if result.get("steps") is None and "step" in result:
+        result["steps"] = result["step"]
+    kept = {k: v for k, v in result.items()
+            if k in _TRIAL_KEYS or (k.startswith(("test_", "val_")) and _is_num(v))}
+    kept.update(timing)
+    if trial.get("method_rank") is not None:
+        kept["method_rank"] = int(trial["method_rank"])
+    kept["overrides"] = json.dumps(dict(trial.get("overrides") or {}), sort_keys=True, default=str)
+    return store.trial_row(sweep=spec.name, trial_id=trial_id, config=trial["config"], result=kept,
+                           status=status, error=error, env=env)
+
+
+def finished_row(
+    spec: SweepSpec, trial: Any, error: bool, env: Mapping[str, Any], timing: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``trials`` row of a Tune ``Trial`` that ended (``error``: it raised)."""
+    result = trial.last_result or {}
+    return trial_row(spec, trial.trial_id, trial_of(trial.config), result, trial_status(result, error),
+                     _error_text(trial) if error else result.get("error"), env, timing)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _error_text(trial: Any) -> str:
+    err = None
+    try:
+        err = trial.get_error()
+    except Exception:  # the error file may be on storage that is gone; the status still says failed
+        pass
+    text = str(err) if err is not None else "trial failed"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else text[:2000]
+
+
+def drop_checkpoints(spec: SweepSpec, trial: Any) -> None:
+    """Delete a completed trial's ``checkpoint_*`` folders: Tune's (in-process trials) and, for Ray Train
+    trials, the Train run's. Best effort: a failure is logged, never raised (the row is already written)."""
+    try:
+        places = [(trial.storage.storage_filesystem, trial.storage.trial_fs_path)]
+        if spec.num_workers > 0:
+            places.append(resolve(join(train_storage(spec), trial_name(spec, trial.trial_id))))
+        for filesystem, folder in places:
+            for info in filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                    filesystem.delete_dir(info.path)
+    except Exception as e:  # cleanup only: never fail a sweep over it
+        log.warning("trial %s: could not delete its checkpoints (%r)", trial.trial_id, e)
+
+
+def _timing(trial: Any) -> dict[str, Any]:
+    start = getattr(trial.run_metadata, "start_time", None)
+    return {"started_at": start, "finished_at": time.time(),
+            "trial_wall_s": (time.time() - start) if start else None}
+
+
+class ResultsCallback(tune.Callback):
+    """Writes history rows on every result and a trials row when a trial ends (driver side)."""
+
+    def __init__(self, spec: SweepSpec, env: Mapping[str, Any]) -> None:
+        self.spec, self.env = spec, dict(env)
+        self.finished = 0
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        log.info("trial %s (%s) started", trial.trial_id, describe(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rows = history_rows(trial.trial_id, result)
+        if rows:
+            store.write_rows(self.spec.results, "history", rows)
+
+    def _finish(self, trial, error: bool) -> None:
+        row = finished_row(self.spec, trial, error, self.env, _timing(trial))
+        store.write_rows(self.spec.results, "trials", [row])
+        self.finished += 1
+        done = ""
+        if _is_num(row.get("rsum")) and math.isfinite(row["rsum"]):
+            done = f", test rsum {row['rsum']:.1f}, R@1 i→t {row.get('r1_i2t', float('nan')):.1f}"
+        wall = row.get("trial_wall_s")
+        log.info("trial %s (%s): %s%s%s [%d finished]", trial.trial_id, describe(trial.config), row["status"],
+                 done, f" in {wall:.0f} s" if wall else "", self.finished)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, error=False)
+        if not self.spec.keep_checkpoints:
+            drop_checkpoints(self.spec, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, error=True)

@@ -1,0 +1,131 @@
+"""Running a sweep: Tune's grid or a searcher over the trainable, resume, and reconcile.
+
+Shape of a sweep (``sweeps/ablation.py`` spells it out)::
+
+    spec = SweepSpec(name="ablation", base=base_dict, results="results/ablation", storage=...)
+    trials = [trial_config(resolve_trial(spec, method, seed)) for seed in ... for method in ...]
+    with ray_session("local"):              # or "auto" to join a cluster started by `ray up`
+        run_sweep(spec, trials=trials)      # or search_alg=..., scheduler=..., num_samples=...
+
+:func:`run_sweep` re-writes every finished trial's row after ``fit`` (:func:`reconcile`), so a driver killed
+between a trial's end and its write loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import store
+from sweeps import records, session
+from sweeps import tune_api as tune
+from sweeps.spec import TRIAL_KEY, SweepSpec, experiment_path, trial_of
+from sweeps.trainable import trainable
+
+log = logging.getLogger(__name__)
+
+
+def grid_space(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Tune's grid over ready trial configs (``sweeps.spec.trial_config``), run in the order given.
+
+    Trial ids follow that order (``<experiment>_00000``, ...): the ablation lists its trials seed by seed,
+    methods within a seed, which is Tune's own order for ``{"method": grid_search(methods), "seed":
+    grid_search(seeds)}``.
+    """
+    return {TRIAL_KEY: tune.grid_search([dict(t) for t in trials])}
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    trials: Sequence[Mapping[str, Any]] = (),
+    search_alg: Any = None,
+    scheduler: Any = None,
+    num_samples: int = 1,
+    verbose: int = 1,
+):
+    """Run (or resume) the sweep on the connected Ray; returns Tune's ``ResultGrid``.
+
+    Args:
+        spec: the sweep.
+        trials: the ready trial configs of a grid (:func:`grid_space`); empty for a searcher's sweep.
+        search_alg: a searcher whose suggestions are ready trial configs (``sweeps.searchers``).
+        scheduler: e.g. ``sweeps.searchers.make_asha``.
+        num_samples: trials a searcher suggests.
+        verbose: Tune's console output (0 = geomix's own log lines only).
+
+    Re-running the same command resumes: ``Tuner.can_restore(storage/name)`` -> ``Tuner.restore`` with
+    ``resume_unfinished=True`` (trials that were running restart from their last checkpoint; errored trials
+    stay errored and keep their ``failed`` row). The searcher (with its Optuna study), the scheduler and
+    the results callback come back from the experiment's own checkpoint.
+    """
+    cluster = session.cluster_resources()
+    resources = session.trial_resources(spec.num_workers, spec.gpus_per_worker, cluster)
+    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec), resources)
+    path = experiment_path(spec)
+    if tune.Tuner.can_restore(path):
+        log.warning("resuming sweep %s from %s", spec.name, path)
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
+    else:
+        concurrent = session.max_concurrent_trials(spec.num_workers, spec.gpus_per_worker, cluster,
+                                                   spec.max_concurrent)
+        tuner = tune.Tuner(
+            fn,
+            param_space=grid_space(trials) if trials else {},
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=concurrent,
+                reuse_actors=True,  # a new trial in a warm actor skips process start and imports
+                trial_dirname_creator=lambda t: t.trial_id,
+                trial_name_creator=lambda t: f"{trial_of(t.config)['method']}-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve()),
+                callbacks=[records.ResultsCallback(spec, store.environment_info())],
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures if spec.num_workers == 0
+                                                  else 0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=verbose,
+            ),
+        )
+    grid = tuner.fit()
+    reconcile(spec, path)
+    return grid
+
+
+def reconcile(spec: SweepSpec, path: str | None = None) -> int:
+    """Write a ``trials`` row for every finished trial of the experiment at ``path`` (idempotent: rows merge
+    by ``trial_id``). Covers a driver killed after a trial ended but before its row was written.
+
+    Returns:
+        The number of rows written.
+    """
+    analysis = tune.ExperimentAnalysis(path or experiment_path(spec))
+    env = store.environment_info()
+    rows = []
+    for trial in analysis.trials:
+        if trial.status not in ("TERMINATED", "ERROR"):
+            continue
+        error = trial.status == "ERROR"
+        if not error and not spec.keep_checkpoints:  # a driver killed before its callback deleted them
+            records.drop_checkpoints(spec, trial)
+        rows.append(records.finished_row(spec, trial, error, env,
+                                         {"started_at": getattr(trial.run_metadata, "start_time", None)}))
+    existing = _existing_trial_ids(spec.results)
+    rows = [r for r in rows if r["trial_id"] not in existing]
+    if rows:
+        store.write_rows(spec.results, "trials", rows)
+    return len(rows)
+
+
+def _existing_trial_ids(results: str) -> set[str]:
+    try:
+        trials, _ = store.read_results(results)
+    except (ValueError, FileNotFoundError):
+        return set()
+    return set(trials["trial_id"]) if "trial_id" in trials else set()
