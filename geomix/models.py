@@ -25,11 +25,10 @@ import open_clip
 import torch
 from torch import nn
 
-from geomix.config import ModelConfig
+from geomix.config import EMBEDDED_BASE, ModelConfig
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_BASE = "embedded-base"
 
 # Tiny open_clip architectures for CPU work. They use open_clip's own CLIP class and tokenizer (vocab
 # 49408), so everything downstream is exactly what a real model goes through. The default image tower is

@@ -19,13 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-import store
 from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
-from sweeps.runner import run_sweep
 from sweeps.schema import load_sweep
-from sweeps.session import ray_session
 from sweeps.spec import SweepSpec, resolve_trial, trial_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ablation.yaml"
@@ -79,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, seeds, cfgs, trials = build(args)  # every config error surfaces here, before Ray starts
+    # Imported only now: Ray takes seconds to import, and a bad argument must fail at once.
+    import store
+    from sweeps.runner import run_sweep
+    from sweeps.session import ray_session
+
     t0 = time.perf_counter()
     store.save_resolved_config(spec.results, {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
                                               "methods": {k: dict(v) for k, v in spec.methods.items()}})

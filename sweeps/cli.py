@@ -1,8 +1,10 @@
 """What the sweep scripts share on the command line: arguments, the spec from them, driver-side preparation,
 the end-of-sweep printout, and :func:`cli` (a bad config or argument -> one ``error:`` line, status 2).
 
-The end-of-sweep table comes from ``analysis.summary``, the one analysis function a sweep may call (the
-layer contract in ``pyproject.toml`` allows exactly that import, from this module).
+Modules that take seconds to import (torch, Ray, Optuna, the analysis) are imported inside the functions
+that need them, so a bad argument fails at once. The end-of-sweep table comes from ``analysis.summary``,
+the one analysis function a sweep may call (the layer contract in ``pyproject.toml`` allows exactly that
+import, from this module).
 """
 
 from __future__ import annotations
@@ -15,14 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-import store
-from analysis import summary
-from geomix import basemodel
-from geomix.config import TrainConfig
-from geomix.models import EMBEDDED_BASE
+from geomix.config import EMBEDDED_BASE, TrainConfig
 from store.fs import join
 from sweeps.schema import SweepFile
-from sweeps.searchers import optuna_db
 from sweeps.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -82,6 +79,8 @@ def spec_from_args(
 def prepare_base_models(cfgs: Iterable[TrainConfig]) -> None:
     """Build the embedded base model of each distinct (model, data) recipe once, on the driver, before the
     trials start: concurrent trials would otherwise each wait on (or build) the same base model."""
+    from geomix import basemodel  # torch: imported when there is work for it, not to parse arguments
+
     recipes = dict.fromkeys((c.model, c.data) for c in cfgs if c.model.pretrained == EMBEDDED_BASE)
     for model_cfg, data_cfg in recipes:
         t0 = time.perf_counter()
@@ -91,12 +90,17 @@ def prepare_base_models(cfgs: Iterable[TrainConfig]) -> None:
 
 def print_summary(spec: SweepSpec, n_trials: int, wall: float) -> None:
     """The end of an ablation: how many trials, and the paper-style table of its results."""
+    from analysis import summary  # the one analysis function a sweep calls (pyproject's layer contract)
+
     print(f"\nsweep {spec.name}: {n_trials} trials in {wall:.0f} s; results in {spec.results}\n")
     print(summary(spec.results))
 
 
 def print_search_summary(spec: SweepSpec, wall: float) -> None:
     """The end of a search: trials by status, where the Optuna study is, the five best trials."""
+    import store
+    from sweeps.searchers import optuna_db
+
     trials, _ = store.read_results(spec.results)
     print(f"\nsearch {spec.name}: {len(trials)} trials in {wall:.0f} s; "
           f"{trials['status'].value_counts().to_dict()}; Optuna study {optuna_db(spec)}\n")

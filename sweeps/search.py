@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-import store
 from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
 from sweeps import space
-from sweeps.runner import run_sweep
 from sweeps.schema import SearchSettings, load_sweep
-from sweeps.searchers import make_asha, make_searcher
-from sweeps.session import ray_session
 from sweeps.spec import SweepSpec, resolve_trial
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "search.yaml"
@@ -63,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, s, base_cfg = build(args)  # every config error surfaces here, before Ray starts
+    # Imported only now: Ray and Optuna take seconds to import, and a bad argument must fail at once.
+    import store
+    from sweeps.runner import run_sweep
+    from sweeps.searchers import make_asha, make_searcher
+    from sweeps.session import ray_session
+
     t0 = time.perf_counter()
     store.save_resolved_config(spec.results, {"name": spec.name, "base": dict(spec.base),
                                               "search": s.to_dict()})

@@ -18,6 +18,7 @@ from geomix.config.io import (
     to_dict,
 )
 from geomix.config.schema import (
+    EMBEDDED_BASE,
     LAMBDA_POLICIES,
     LOSS_KINDS,
     MIX_GEOMETRIES,
@@ -38,6 +39,7 @@ from geomix.config.schema import (
 from geomix.dotted import flatten, merge, unflatten
 
 __all__ = [
+    "EMBEDDED_BASE",
     "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
     "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
     "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SHAPE_STYLES",

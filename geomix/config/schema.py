@@ -40,6 +40,9 @@ from geomix.config.sections import (
     literal_choices,
 )
 
+#: ``model.pretrained`` for the embedded base model (:mod:`geomix.basemodel`), the default starting point.
+EMBEDDED_BASE = "embedded-base"
+
 
 @dataclass(frozen=True)
 class LambdaConfig(_Section):
@@ -294,7 +297,7 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
     name: str = "geomix-tiny"
-    pretrained: str | None = "embedded-base"
+    pretrained: str | None = EMBEDDED_BASE
     cache_dir: str = ".cache/geomix"
     base_epochs: int = 8
     base_lr: float = 1e-3
@@ -405,6 +408,7 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 __all__ = [
+    "EMBEDDED_BASE",
     "ConfigError", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig", "ModelConfig", "OptimConfig",
     "RunConfig", "TrainConfig", "SECTIONS", "LAMBDA_POLICIES", "PARTNER_POLICIES", "MIX_GEOMETRIES",
     "WEIGHT_DECAYS", "LOSS_KINDS", "WASSERSTEIN_ESTIMATORS", "SHAPE_STYLES", "literal_choices",
