@@ -7,11 +7,11 @@ frames :func:`store.read_results` returns, so it can be tested on a fixture and 
 
 * :mod:`analysis.frame` - the shared vocabulary (from :mod:`geomix.registry`), frame preparation, method
   order, per-seed statistics, cells and notes; under both the tables and :mod:`analysis.plots`;
-* :mod:`analysis.retrieval` - Table 1 (retrieval) and Table 2 (embedding quality, components on/off);
-* :mod:`analysis.hyper` - the Beta(α, β) grid, τ x method and λ policy x mixing level tables;
-* :mod:`analysis.search_tables` - an Optuna search's parameter importances and best trials;
-* :mod:`analysis.paired` - each method minus FT, paired by seed, with a t interval;
-* :mod:`analysis.build` - all of them in the paper's order, and writing them;
+* :mod:`analysis.catalog.retrieval` - Table 1 (retrieval) and Table 2 (embedding quality, components on/off);
+* :mod:`analysis.catalog.hyper` - the Beta(α, β) grid, τ x method and λ policy x mixing level tables;
+* :mod:`analysis.catalog.search_tables` - an Optuna search's parameter importances and best trials;
+* :mod:`analysis.catalog.paired` - each method minus FT, paired by seed, with a t interval;
+* :mod:`analysis.build` - every table the catalog registers (``@catalog.table(order)``), in order;
 * :mod:`analysis.render` (Markdown, LaTeX, CSV), :mod:`analysis.stats` (intervals, number formats).
 
 :func:`summary` is the one function the sweeps call: the Markdown Table 1 of a results folder. (It shadows

@@ -1,7 +1,7 @@
 """Every table the data supports, in the paper's order, and writing them one file per table.
 
-Adding a table: write ``table_<name>(trials, ...) -> Table | None`` in a module of its own (or beside its
-kin), give it a test on a fixture, and list it in :func:`build_tables`.
+Adding a table: a new module in :mod:`analysis.catalog` with a function ``trials -> Table | None``
+decorated ``@table(order=...)``, and its test; :func:`build_tables` finds it.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import catalog
 from analysis.frame import prepare
-from analysis.hyper import table_beta_grid, table_policy_level, table_tau
-from analysis.paired import table_paired
 from analysis.render import EXTENSIONS, Table, render
-from analysis.retrieval import table_quality, table_retrieval
-from analysis.search_tables import table_param_importance, table_top_trials
 from store import METRIC_COLUMNS
 
 
@@ -35,12 +32,7 @@ def build_tables(trials: pd.DataFrame, *, metric: str = "rsum", top_k: int = 10)
     if metric not in METRIC_COLUMNS and metric not in trials.columns:
         raise ValueError(f"metric={metric!r} is invalid: allowed one of {', '.join(METRIC_COLUMNS)}")
     trials = prepare(trials)
-    tables: list[Table | None] = [table_retrieval(trials), table_quality(trials)]
-    tables += table_beta_grid(trials, metric)
-    tables += [table_tau(trials, metric), table_policy_level(trials, metric)]
-    tables += [table_param_importance(trials, metric), table_top_trials(trials, metric, top_k)]
-    tables.append(table_paired(trials))
-    return [t for t in tables if t is not None]
+    return [t for fn in catalog.builders() for t in catalog.call(fn, trials, metric=metric, k=top_k)]
 
 
 def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike[str], fmt: str) -> list[Path]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from analysis.catalog.retrieval import table_retrieval
 from analysis.render import render
-from analysis.retrieval import table_retrieval
 from store import read_results
 
 _FALLBACK_METRICS = ("rsum", "r1_i2t", "r1_t2i")

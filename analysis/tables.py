@@ -1,8 +1,8 @@
 """Paper tables from result folders: ``python analysis/tables.py RESULTS... [--format ...] [--out DIR]``.
 
 A thin wrapper over :mod:`analysis.cli` (installed as ``geomix-tables``), kept so that the README's command
-works. The tables themselves live in :mod:`analysis.retrieval`, :mod:`analysis.hyper`,
-:mod:`analysis.search_tables` and :mod:`analysis.paired`; :func:`analysis.build.build_tables` makes them all.
+works. The tables themselves are the modules of :mod:`analysis.catalog`; :func:`analysis.build.build_tables`
+makes them all.
 """
 
 from analysis.cli import main

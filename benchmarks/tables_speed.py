@@ -18,11 +18,11 @@ import time
 
 import store
 from analysis.build import build_tables
-from analysis.hyper import table_beta_grid, table_policy_level, table_tau
-from analysis.paired import table_paired
+from analysis.catalog.hyper import table_beta_grid, table_policy_level, table_tau
+from analysis.catalog.paired import table_paired
+from analysis.catalog.retrieval import table_quality, table_retrieval
+from analysis.catalog.search_tables import table_param_importance, table_top_trials
 from analysis.render import render
-from analysis.retrieval import table_quality, table_retrieval
-from analysis.search_tables import table_param_importance, table_top_trials
 from analysis.synthetic import synthetic_trials
 
 TARGET_S = 5.0

@@ -19,11 +19,11 @@ import analysis
 import store
 from analysis import cli, frame, plots
 from analysis.build import build_tables
-from analysis.hyper import table_beta_grid, table_policy_level, table_tau
-from analysis.paired import table_paired
-from analysis.render import latex_escape, render, to_csv, to_latex, to_markdown
-from analysis.retrieval import table_quality, table_retrieval
-from analysis.search_tables import table_param_importance, table_top_trials
+from analysis.catalog.hyper import table_beta_grid, table_policy_level, table_tau
+from analysis.catalog.paired import table_paired
+from analysis.catalog.retrieval import table_quality, table_retrieval
+from analysis.catalog.search_tables import table_param_importance, table_top_trials
+from analysis.render import Table, latex_escape, render, to_csv, to_latex, to_markdown
 from analysis.stats import fmt_paired, paired_t_interval, summarize
 from geomix import registry
 
@@ -524,6 +524,30 @@ def test_robust_to_nan_config_and_missing_metrics():
     ]
     with pytest.raises(ValueError, match="metric='nope' is invalid"):
         build_tables(df, metric="nope")
+
+
+def test_a_table_registered_in_the_catalog_is_built_in_its_order():
+    """A new table is one builder decorated @catalog.table(order): build_tables finds it, passes it the
+    options its signature names, and places it by its order (here between Table 2 and the Beta grid)."""
+    from analysis import catalog
+
+    df = pd.DataFrame({"trial_id": ["a", "b"], "method": ["ft", "zs"], "seed": [0, 0],
+                       "status": ["completed", "completed"], "r1_i2t": [10.0, 4.0], "rsum": [50.0, 20.0]})
+    seen = {}
+
+    @catalog.table(order=25)
+    def table_count(trials, metric):
+        seen["metric"] = metric
+        return Table("table_count", f"trials with {metric}", pd.DataFrame({"n": [str(len(trials))]}))
+
+    try:
+        names = [t.name for t in build_tables(df, metric="rsum")]
+    finally:
+        catalog._REGISTERED.pop(f"{table_count.__module__}.{table_count.__qualname__}")
+    builtin = ["table1_retrieval", "table2_quality", "table3_top_trials", "table4_paired_vs_ft"]
+    assert names == [*builtin[:2], "table_count", *builtin[2:]]
+    assert seen == {"metric": "rsum"}
+    assert [t.name for t in build_tables(df)] == builtin  # unregistered: gone again
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from analysis.catalog import table
 from analysis.frame import (
     OK,
     decimals,
@@ -19,6 +20,7 @@ from analysis.render import Table
 from analysis.stats import fmt_paired, paired_t_interval
 
 
+@table(80)
 def table_paired(
     trials: pd.DataFrame,
     metrics: Sequence[str] = ("rsum", "r1_i2t", "r1_t2i"),

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis.catalog import table
 from analysis.frame import (
     INPUT_MIXES,
     OK,
@@ -80,6 +81,7 @@ def _grid_table(name: str, title: str, grid: tuple, metric: str, counted: pd.Dat
     return Table(name, title, frame, best, [_grid_note(metric), *excluded_note(counted)], vals)
 
 
+@table(30)
 def table_beta_grid(trials: pd.DataFrame, metric: str = "rsum") -> list[Table]:
     """``metric`` over the Beta(α, β) grid of each mix term whose α or β varies among trials using it.
 
@@ -111,6 +113,7 @@ def table_beta_grid(trials: pd.DataFrame, metric: str = "rsum") -> list[Table]:
     return out
 
 
+@table(40)
 def table_tau(trials: pd.DataFrame, metric: str = "rsum") -> Table | None:
     """``metric`` by temperature (rows: learned τ, then fixed values) x method (columns)."""
     df = prepare(trials)
@@ -164,6 +167,7 @@ def _policy_and_level(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return policy, level
 
 
+@table(50)
 def table_policy_level(trials: pd.DataFrame, metric: str = "rsum") -> Table | None:
     """λ policy (rows) x mixing level (columns), the shape of P-Mixup's ablation.
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from analysis.catalog import table
 from analysis.frame import OK, decimals, direction, display_name, excluded_note, prepare, searched_columns
 from analysis.render import Table
 from analysis.stats import DASH, fmt_num
@@ -96,6 +97,7 @@ def _rebuilt_study(df: pd.DataFrame, metric: str, max_trials: int, notes: list[s
     return name, study_from_trials(search, metric, params)
 
 
+@table(60)
 def table_param_importance(trials: pd.DataFrame, metric: str = "rsum", max_trials: int = 500) -> Table | None:
     """Optuna parameter importances of each search.
 
@@ -146,6 +148,7 @@ def table_param_importance(trials: pd.DataFrame, metric: str = "rsum", max_trial
     )
 
 
+@table(70)
 def table_top_trials(trials: pd.DataFrame, metric: str = "rsum", k: int = 10) -> Table | None:
     """The ``k`` best completed search trials (all trials when there is no search) by ``metric``."""
     df = prepare(trials)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.catalog import table
 from analysis.frame import (
     INPUT_MIXES,
     OK,
@@ -37,6 +38,7 @@ RETRIEVAL = {
 QUALITY = {"rsum": "rsum", "align": "align", "unif": "unif", "gap": "gap", "ece": "ECE", "zs_acc": "ZS acc"}
 
 
+@table(10)
 def table_retrieval(trials: pd.DataFrame, metrics: dict[str, str] | None = None) -> Table | None:
     """The Table-1 analog: rows = methods in table order, columns = recall per data set.
 
@@ -112,6 +114,7 @@ def _components(group: pd.DataFrame, terms: dict[str, str]) -> dict[str, str]:
     return out
 
 
+@table(20)
 def table_quality(trials: pd.DataFrame, metrics: dict[str, str] | None = None) -> Table | None:
     """Embedding-quality / ablation table: components on/off -> rsum, align, unif, gap, ECE, ZS acc.
 
