@@ -25,7 +25,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="The paper's tables (Markdown, LaTeX or CSV) and figures from geomix result folders.",
     )
-    p.add_argument("results", nargs="+", help="result folders or URIs (with trials.parquet, or sweep roots)")
+    p.add_argument("results", nargs="+", help="result folders or URIs (with trials/, or sweep roots)")
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     p.add_argument("--out", help="also write one file per table (and figures) into this folder")
     p.add_argument("--figures", action="store_true", help="write the figures (PNG + PDF) under OUT/figures")

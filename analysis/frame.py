@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import DASH, mean_std_text
+from geomix.config import RUN_ONLY, SECTIONS
 from geomix.registry import METRICS, PAPER_METHODS, TERMS, method_display, split_metric_key
 
 OK = "completed"
@@ -112,6 +113,9 @@ def dataset_names(trials: pd.DataFrame) -> pd.Series:
     return derived
 
 
+_CONFIG_PREFIXES = tuple(f"{s}." for s in SECTIONS)
+
+
 def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     """A copy with the columns every table relies on: ``method``, ``seed``, ``status``, ``dataset``.
 
@@ -134,8 +138,30 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
         df["seed"] = df["seed"].astype(object).where(df["seed"].notna(), "trial:" + tid)
     df["status"] = df["status"].fillna("unknown").astype(str) if "status" in df.columns else OK
     df["dataset"] = dataset_names(df)
+    _split_pooled(df)
     df.attrs[_PREPARED] = True
     return df
+
+
+def _split_pooled(df: pd.DataFrame) -> None:
+    """Trials of one method id (per data set) whose configs differ beyond the seed (e.g. two sweeps' folders
+    read together) are never pooled into one row: each variant becomes its own method,
+    ``<method> (<key>=<value>)`` after the first config key that tells them apart. Search trials vary by
+    design and are left as they are."""
+    cols = [c for c in df.columns
+            if c.startswith(_CONFIG_PREFIXES) and c not in RUN_ONLY and c != "run.seed"]
+    if not cols or df.empty:
+        return
+    ablation = df["method"] != "search"
+    # A missing value (a hand-written frame, a column an older writer lacked) tells nothing apart.
+    varying = df[ablation].groupby(["dataset", "method"])[cols].nunique(dropna=True)
+    varying = varying[(varying > 1).any(axis=1)]
+    for (ds, method), counts in varying.iterrows():
+        keys = [c for c in cols if counts[c] > 1]
+        rows = ablation & (df["dataset"] == ds) & (df["method"] == method)
+        label = df.loc[rows, keys[0]].map(lambda v: "null" if pd.isna(v) else f"{v}")
+        suffix = f", +{len(keys) - 1} more" if len(keys) > 1 else ""
+        df.loc[rows, "method"] = f"{method} ({keys[0]}=" + label + suffix + ")"
 
 
 def method_order(trials: pd.DataFrame) -> list[str]:

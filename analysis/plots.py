@@ -2,11 +2,16 @@
 
 * :func:`beta_heatmap` - mean metric over the Beta(α, β) grid of each mix term that varies;
 * :func:`parallel_coordinates` - the searched settings of a search, one line per trial coloured by metric;
-* :func:`learning_curves` - validation metric vs step per method, mean ± std band over seeds;
-* :func:`modality_gap` - image and text embeddings projected to 2-D by a joint PCA, one panel per method,
-  from the ``.npz`` files (keys ``img``, ``txt``, ``txt_to_img``) named by an ``embeddings_path`` column.
+* :func:`learning_curves` - validation metric vs step, one panel per method family (:data:`FAMILIES`),
+  mean ± std band over seeds, FT in every panel and a lower row of differences to FT paired by seed;
+* :func:`modality_gap` - one trial per method (the lowest seed): its test images, each with all its
+  captions, projected to 2-D by a joint PCA (axes ``PC1 (xx % var.)``), from the ``.npz`` files (keys
+  ``img``, ``txt``, ``txt_to_img``) named by an ``embeddings_path`` column. The gap printed on a panel is
+  the trial's ``gap`` column, the number Table 2 averages, and beside it Table 2's cell.
 
 Each function returns the files it wrote and logs (instead of failing) when the data it needs is absent.
+:func:`learning_curve_plots` and :func:`gap_panels` / :func:`gap_figure` give the figures and the numbers
+they show before saving (for tests and notebooks).
 """
 
 from __future__ import annotations
@@ -16,39 +21,49 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.frame import (  # noqa: E402
+from analysis.curves import (
+    FAMILIES,
+    OTHER_FAMILY,
+    CurvePlot,
+    learning_curve_plots,
+    learning_curves,
+    method_family,
+)
+from analysis.figsave import (
+    FIG_FORMATS,
+    plt,  # pyplot with the Agg backend set first
+)
+from analysis.figsave import save as _save
+from analysis.frame import (
     OK,
     axis_levels,
     direction,
-    display_name,
-    method_order,
     prepare,
     searched_columns,
     term_symbols,
 )
+from analysis.gapfig import (
+    GapPanel,
+    first_captions,
+    gap_figure,
+    gap_panels,
+    modality_gap,
+    pair_gap,
+    pca2,
+    sample_images,
+)
 
 log = logging.getLogger("analysis.plots")
-FIG_FORMATS = ("png", "pdf")
 MAX_LINES = 1000  # parallel coordinates beyond this many trials are unreadable and slow
 
-
-def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in FIG_FORMATS:
-        path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
+__all__ = [
+    "FAMILIES", "FIG_FORMATS", "OTHER_FAMILY", "CurvePlot", "GapPanel", "beta_heatmap", "first_captions",
+    "gap_figure", "gap_panels", "learning_curve_plots", "learning_curves", "make_figures", "method_family",
+    "modality_gap", "pair_gap", "parallel_coordinates", "pca2", "sample_images",
+]
 
 
 def beta_heatmap(trials: pd.DataFrame, out_dir: str | os.PathLike[str], metric: str = "rsum") -> list[Path]:
@@ -138,142 +153,6 @@ def parallel_coordinates(
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
     return _save(fig, Path(out_dir), "parallel_coordinates")
 
-
-def _history_metric(history: pd.DataFrame, metric: str, split: str) -> pd.Series | None:
-    """The metric at each history row of ``split``: plain name with a split column, or ``<split>_<m>``."""
-    if "split" in history.columns and metric in history.columns:
-        return pd.to_numeric(history[metric], errors="coerce").where(history["split"] == split)
-    if f"{split}_{metric}" in history.columns:
-        return pd.to_numeric(history[f"{split}_{metric}"], errors="coerce")
-    return None
-
-
-def learning_curves(
-    history: pd.DataFrame,
-    trials: pd.DataFrame,
-    out_dir: str | os.PathLike[str],
-    metric: str = "rsum",
-    split: str = "val",
-) -> list[Path]:
-    """``split`` metric vs step per method (completed trials), mean ± std band over seeds."""
-    if history is None or history.empty or "step" not in history.columns:
-        log.info("learning curves skipped: no history")
-        return []
-    values = _history_metric(history, metric, split)
-    if values is None or values.notna().sum() == 0:
-        log.info("learning curves skipped: history has no %s %s", split, metric)
-        return []
-    t = prepare(trials)
-    t = t[(t["status"] == OK) & (t["method"] != "search")]
-    order = method_order(t)  # while t still has method_rank
-    t = t[["trial_id", "method"]]
-    data = pd.DataFrame({"trial_id": history["trial_id"].astype(str), "step": history["step"], "v": values})
-    data = data.dropna().merge(t, on="trial_id")
-    if data.empty:
-        log.info("learning curves skipped: no history rows of completed ablation trials")
-        return []
-    agg = data.groupby(["method", "step"])["v"].agg(["mean", "std", "count"]).reset_index()
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    colours = plt.get_cmap("tab20")
-    present = set(agg["method"])
-    for i, method in enumerate(m for m in order if m in present):
-        a = agg[agg["method"] == method].sort_values("step")
-        style = {
-            "color": colours(i % 20),
-            "ls": "-" if i % 2 == 0 else "--",
-        }  # 12 methods: keep lines distinct
-        line = ax.plot(a["step"], a["mean"], label=display_name(method), lw=1.2, **style)[0]
-        std = a["std"].fillna(0.0)
-        ax.fill_between(a["step"], a["mean"] - std, a["mean"] + std, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} {metric}")
-    ax.set_title(f"{split} {metric} (mean ± std over seeds)")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, Path(out_dir), f"learning_curves_{split}_{metric}")
-
-
-def _find_npz(path_value: str, results_dir: str | None) -> Path | None:
-    """An ``embeddings_path`` entry as a file: absolute, or relative to its results folder; a folder
-    gives its first ``*.npz`` (a ``test`` one preferred)."""
-    p = Path(path_value)
-    if not p.is_absolute() and results_dir and "://" not in str(results_dir):
-        p = Path(results_dir) / p
-    if p.is_dir():
-        files = sorted(p.glob("*.npz"), key=lambda f: ("test" not in f.name, f.name))
-        return files[0] if files else None
-    return p if p.is_file() else None
-
-
-def _pca2(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` [n, d] projected on their top-2 principal directions -> [n, 2]."""
-    centred = x - x.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T
-
-
-def modality_gap(
-    trials: pd.DataFrame, out_dir: str | os.PathLike[str], max_points: int = 500, max_panels: int = 12
-) -> list[Path]:
-    """Image vs text embeddings of one completed trial per method, joint PCA to 2-D, paired lines.
-
-    The file is the ``embeddings_path`` column, else the first ``*.npz`` (a ``test`` one preferred) in the
-    ``run.out_dir`` folder; relative paths are taken from the trial's results folder.
-    """
-    df = prepare(trials)
-    # The training loop writes <run.out_dir>/embeddings_<split>.npz; a sweep may record the file itself.
-    column = next(
-        (c for c in ("embeddings_path", "run.out_dir") if c in df.columns and df[c].notna().any()), None
-    )
-    if column is None:
-        log.info(
-            "modality gap skipped: trials have no embeddings_path or run.out_dir (run.save_embeddings off)"
-        )
-        return []
-    ok = df[(df["status"] == OK) & df[column].notna()].rename(columns={column: "_emb"})
-    order = method_order(ok)  # before sorting, which would make first appearance alphabetical
-    ok = ok.sort_values(["method", "seed"], kind="stable")
-    panels = []
-    for method in order:
-        if method == "search":
-            continue
-        row = ok[ok["method"] == method].iloc[0]
-        path = _find_npz(str(row["_emb"]), row.get("results_dir"))
-        if path is None:
-            log.info("modality gap: %s has no embeddings file at %s", method, row["_emb"])
-            continue
-        with np.load(path) as z:
-            if "img" not in z or "txt" not in z:
-                log.info("modality gap: %s lacks img/txt arrays", path)
-                continue
-            img, txt = z["img"].astype(np.float64), z["txt"].astype(np.float64)
-            t2i = z["txt_to_img"] if "txt_to_img" in z else np.arange(min(len(img), len(txt)))
-        panels.append((method, img, txt, np.asarray(t2i, dtype=np.int64)))
-        if len(panels) == max_panels:
-            break
-    if not panels:
-        log.info("modality gap skipped: no readable embeddings files")
-        return []
-    ncols = min(len(panels), 6)  # the paper's 12 rows as two rows of six panels
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows + 0.4), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, (method, img, txt, t2i) in zip(axes.flat, panels):
-        img, txt, t2i = img[:max_points], txt[:max_points], t2i[:max_points]
-        xy = _pca2(np.concatenate([img, txt]))
-        pi, pt = xy[: len(img)], xy[len(img) :]
-        for k in range(min(len(pt), 50)):  # a few caption -> image pairs show the gap's direction
-            if 0 <= t2i[k] < len(pi):
-                ax.plot([pt[k, 0], pi[t2i[k], 0]], [pt[k, 1], pi[t2i[k], 1]], color="0.8", lw=0.4, zorder=0)
-        ax.scatter(pi[:, 0], pi[:, 1], s=5, label="image", alpha=0.7)
-        ax.scatter(pt[:, 0], pt[:, 1], s=5, label="text", alpha=0.7)
-        gap = np.linalg.norm(img.mean(0) - txt.mean(0))
-        ax.set_title(f"{display_name(method)}  (gap {gap:.3f})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Image and text embeddings, joint PCA to 2-D")
-    return _save(fig, Path(out_dir), "modality_gap")
 
 
 def make_figures(

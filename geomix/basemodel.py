@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geomix import logs
 from geomix.atomic import atomic_path
 from geomix.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, config_hash
 from geomix.data.shapes import GENERATOR_VERSION
@@ -39,27 +40,31 @@ _BASE_RECIPE_VERSION = 2  # 2: the base's initial weights come from data.seed, n
 
 
 def starting_model(
-    model_cfg: ModelConfig, data_cfg: DataConfig, *, device: str | torch.device = "cpu"
+    model_cfg: ModelConfig, data_cfg: DataConfig, *, device: str | torch.device = "cpu",
+    progress: bool | None = None,
 ) -> tuple[nn.Module, Callable, Callable]:
     """A trial's starting model: the embedded base (built and cached on first use) for
-    ``model.pretrained='embedded-base'``, else :func:`geomix.models.create`.
+    ``model.pretrained='embedded-base'``, else :func:`geomix.models.create`. ``progress``: as
+    :func:`prepare`.
 
     Raises:
         ValueError: as :func:`geomix.models.create`, or ``'embedded-base'`` without the embedded data.
     """
     if model_cfg.pretrained != EMBEDDED_BASE:
         return create(model_cfg, device=device)
-    path = prepare(model_cfg, data_cfg)
+    path = prepare(model_cfg, data_cfg, progress=progress)
     model, preprocess, tokenizer = random_init(model_cfg, "cpu")
     load_checkpoint(model, path)
     return model.to(device), preprocess, tokenizer
 
 
-def prepare(model_cfg: ModelConfig, data_cfg: DataConfig) -> Path:
+def prepare(model_cfg: ModelConfig, data_cfg: DataConfig, *, progress: bool | None = None) -> Path:
     """Build the cached base checkpoint of this recipe unless it exists; returns its path.
 
     One builder per recipe: concurrent callers (the trials of a sweep) wait on a file lock instead of all
-    training the same base at once.
+    training the same base at once. ``progress``: a tqdm bar (steps, loss) while it is built; None = when
+    this process writes to a terminal (:func:`geomix.logs.is_console`: a sweep's driver or the train
+    command, never a Ray trial). The bar changes nothing in the model.
     """
     if data_cfg.source != "shapes":
         raise ValueError(
@@ -75,7 +80,7 @@ def prepare(model_cfg: ModelConfig, data_cfg: DataConfig) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not path.is_file():
-                _build(model_cfg, data_cfg, path)
+                _build(model_cfg, data_cfg, path, logs.is_console() if progress is None else progress)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return path
@@ -105,7 +110,7 @@ def base_path(cfg: ModelConfig, data_cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() / f"base-{cfg.name}-{config_hash(base_recipe(cfg, data_cfg))}.pt"
 
 
-def _build(cfg: ModelConfig, data_cfg: DataConfig, path: Path) -> None:
+def _build(cfg: ModelConfig, data_cfg: DataConfig, path: Path, progress: bool) -> None:
     t0 = time.perf_counter()
     log.info("embedded base model: building %s (CLIP-only on styles %s)", path, list(data_cfg.base_styles))
     base_cfg = TrainConfig(
@@ -114,7 +119,7 @@ def _build(cfg: ModelConfig, data_cfg: DataConfig, path: Path) -> None:
                                  train_size=cfg.base_train_size),
         model=dataclasses.replace(cfg, pretrained=None),
         optim=OptimConfig(epochs=cfg.base_epochs, batch_size=cfg.base_batch_size, lr=cfg.base_lr),
-        run=RunConfig(seed=data_cfg.seed, device="cpu", eval_every=0, out_dir=None, progress=False),
+        run=RunConfig(seed=data_cfg.seed, device="cpu", eval_every=0, out_dir=None, progress=progress),
     )
     # The base build must not disturb the caller's RNG (a cache hit and a miss give the same run), and the
     # caller's RNG must not shape the base: its initial weights come from data.seed, so whoever builds it

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from geomix import checkpoints, losses, runtime
+from geomix import checkpoints, logs, losses, runtime
 from geomix.config import TrainConfig
 from geomix.evaluation import Evaluator, save_embeddings
 from geomix.registry import metric_key
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class Hooks(Protocol):
     """What :func:`run` tells its caller (Ray Train, a test) and asks it.
 
-    ``report(metrics, checkpoint_dir)`` is called on rank 0 at every evaluation point, every
+    ``report(metrics, checkpoint_dir)`` is called on rank 0 at every evaluation point (with
+    ``run.eval_every > 0`` the first is the starting model's, ``epoch=0, step=0``, unless resumed), every
     ``run.report_every`` steps, and once at the end (``done=True``); with ``all_ranks = True`` on the hooks
     object the other ranks call it too, with ``({}, None)`` (Ray's report is a barrier).
     ``initial_checkpoint()`` returns a checkpoint folder to resume from, or None. ``node_id()``
@@ -52,7 +53,8 @@ class _Diverged(Exception):
 
 def train_model(cfg: TrainConfig, model: nn.Module, preprocess: Callable, tokenizer: Callable) -> nn.Module:
     """Train ``model`` in place with the loop of :func:`run`, on one process, without evaluation or
-    checkpoints (how :mod:`geomix.models` pre-trains the embedded base model)."""
+    checkpoints (how :mod:`geomix.basemodel` pre-trains the embedded base model; ``cfg.run.progress``:
+    its bar)."""
     run_cfg = dataclasses.replace(cfg.run, eval_every=0, out_dir=None, eval_start=False)
     cfg = dataclasses.replace(cfg, run=run_cfg)
     trainer = Trainer(cfg, model, preprocess, tokenizer, device=torch.device("cpu"), rank=0, world=1,
@@ -142,8 +144,11 @@ class Trainer:
         cfg = self.cfg
         result: dict[str, Any] = {"status": "completed", "error": None}
         resumed = self._maybe_resume()
-        if cfg.run.eval_start and self.do_eval and not resumed and cfg.method != "zs":
+        fresh = self.do_eval and not resumed and cfg.method != "zs"  # a run that trains, from its start
+        if cfg.run.eval_start and fresh:
             result.update(self._evaluate("test", prefix="start_", save_as="start_test"))
+        if cfg.run.eval_every > 0 and fresh:
+            self._report_start()
         if cfg.method == "zs":
             self.total_steps = 0
         else:
@@ -166,6 +171,12 @@ class Trainer:
             self._report_final(result)
         return result
 
+    def _report_start(self) -> None:
+        """The learning curves' first point: the starting model on the validation split, reported with
+        ``epoch=0, step=0`` and no checkpoint. Evaluation draws no random numbers (the loss owns its
+        generator, the batches theirs, and the model is in eval mode), so training is unchanged."""
+        self._report({**self._progress_metrics(0, reset=False), **self._evaluate("val")}, None)
+
     def _report_final(self, result: dict[str, Any]) -> None:
         """One last report: the last evaluation point's metrics, the test metrics, ``status`` and
         ``done=True``, with a checkpoint where there are files (Ray's ``Result.metrics`` are those of the
@@ -182,12 +193,8 @@ class Trainer:
 
     def _train(self) -> None:
         cfg = self.cfg
-        bar = None
-        if cfg.run.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.method, unit="step", leave=False)
-        try:
+        with logs.progress_bar(cfg.run.progress and self.rank == 0, total=self.total_steps, initial=self.step,
+                               desc=cfg.method, unit="step", leave=False) as bar:
             while self.step < self.total_steps:
                 epoch = self.step // self.steps_per_epoch
                 t0 = time.perf_counter()
@@ -195,7 +202,7 @@ class Trainer:
                     loss = self._train_step(images, texts, epoch)
                     if bar is not None:
                         bar.update(1)
-                        if self.step % cfg.run.log_every == 0:
+                        if self.step % cfg.run.log_every == 0 or self.step == 1:  # a loss from the start
                             bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
                     if cfg.run.report_every and self.step % cfg.run.report_every == 0:
                         self._report(self._progress_metrics(epoch, reset=True), None)
@@ -203,9 +210,6 @@ class Trainer:
                         break
                 self.train_time += time.perf_counter() - t0
                 self._end_of_epoch(epoch_done=epoch + 1)
-        finally:
-            if bar is not None:
-                bar.close()
 
     def _end_of_epoch(self, epoch_done: int) -> None:
         cfg = self.cfg

@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from geomix import atomic, basemodel, logs
-from geomix.config import TrainConfig, load_config, to_dict
+from geomix import atomic, basemodel, checkpoints, logs, registry
+from geomix.config import MixConfig, TrainConfig, load_config, load_yaml, save_config, to_dict
 from geomix.loop import Hooks, Trainer
 from geomix.runtime import device_for, dist_context
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hooks", "run", "summary_table", "main"]
+__all__ = ["Hooks", "run", "method_name", "summary_table", "validation_line", "main"]
 
 
 def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -54,7 +58,8 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
         torch.set_num_threads(cfg.run.threads)
     device = device_for(cfg.run.device, rank)
     torch.manual_seed(cfg.run.seed)
-    model, preprocess, tokenizer = basemodel.starting_model(cfg.model, cfg.data, device="cpu")
+    model, preprocess, tokenizer = basemodel.starting_model(cfg.model, cfg.data, device="cpu",
+                                                            progress=cfg.run.progress and rank == 0)
     trainer = Trainer(cfg, model, preprocess, tokenizer, device=device, rank=rank, world=world, hooks=hooks)
     result = trainer.fit()
     result["wall_s"] = time.perf_counter() - t_start
@@ -94,9 +99,90 @@ def summary_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def method_name(cfg: TrainConfig) -> str:
+    """The method id of the loss ``cfg`` actually runs (the command line's label when ``method=`` is not set).
+
+    ``imix`` / ``unmix`` for those kinds; with the contrastive kind: ``ft`` without a mix term (``ft_tau0.05``
+    with a fixed τ), ``<term>_mix`` for one term (``m2_mix``), ``m3_mix`` for all the paper's terms (those
+    of :data:`geomix.registry.TERMS` with a paper method of their own), otherwise the terms joined by ``+``
+    (``m2+vl``), in registry order; a mix geometry other than the default adds ``_<geometry>``.
+    """
+    loss = cfg.loss
+    if loss.kind != "contrastive":
+        return loss.kind
+    on = [t for t in registry.TERMS if loss.weight(t) > 0]
+    if not on:
+        return "ft" if loss.tau is None else f"ft_tau{_short_number(loss.tau)}"
+    paper = [t for t in registry.TERMS if f"{t}_mix" in registry.PAPER_METHODS]
+    if len(on) == 1:
+        name = f"{on[0]}_mix"
+    elif on == paper:
+        name = "m3_mix"
+    else:
+        name = "+".join(on)
+    if cfg.mix.geometry != MixConfig().geometry:
+        name += f"_{cfg.mix.geometry}"
+    return name
+
+
+def _short_number(x: float) -> str:
+    """``0.05`` -> ``0.05``, ``0.1`` -> ``0.10`` (the ablation's ``ft_tau0.10``), ``0.125`` -> ``0.125``."""
+    return f"{x:.2f}" if round(x, 2) == x else f"{x:g}"
+
+
+def validation_line(metrics: Mapping[str, Any]) -> str:
+    """One evaluation point: ``epoch 1 step 16: val rsum 93.40, R@1 i->t 3.52, t->i 4.30``."""
+    def pct(key: str) -> str:
+        v = metrics.get(key)
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "?"
+
+    return (f"epoch {metrics.get('epoch', '?')} step {metrics.get('step', '?')}: val rsum {pct('val_rsum')}, "
+            f"R@1 i->t {pct('val_r1_i2t')}, t->i {pct('val_r1_t2i')}")
+
+
+class _ConsoleHooks:
+    """The command line's hooks: one :func:`validation_line` per evaluation point (above the bar)."""
+
+    def __init__(self) -> None:
+        self._printed: set[int] = set()
+
+    def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
+        step = metrics.get("step")
+        if "val_rsum" in metrics and step not in self._printed:  # each point once
+            self._printed.add(step)
+            logs.write(validation_line(metrics))
+
+    def initial_checkpoint(self) -> str | None:
+        return None  # resuming is the loop's own (run.resume with run.out_dir)
+
+
+def _sets_method(config_file: str | None, overrides: Sequence[str]) -> bool:
+    """Whether the user named the method: ``method=...`` or a top-level ``method:`` in the YAML."""
+    if any(o.split("=", 1)[0].strip() == "method" for o in overrides):
+        return True
+    return bool(config_file) and "method" in load_yaml(config_file)
+
+
+def _saved_line(cfg: TrainConfig) -> str:
+    """Where the run's files are, or that there are none and how to keep them."""
+    out = cfg.run.out_dir
+    if not out:
+        return ("nothing was saved (run.out_dir is not set); add run.out_dir=DIR to keep the config, the "
+                "checkpoints and result.json")
+    root = Path(out)
+    saved = [str(root / name) for name in ("config.yaml", "result.json") if (root / name).is_file()]
+    saved += [str(p) for p in sorted(root.glob("embeddings_*.npz"))]
+    ckpt = checkpoints.latest(out)
+    if ckpt:
+        saved.append(f"checkpoint {ckpt}")
+    return "saved: " + ", ".join(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m geomix.train [--config FILE] [key=value ...]``: one trial with a progress bar and a
-    summary table (base vs fine-tuned when the starting model is evaluated, which it is by default here)."""
+    """``python -m geomix.train [--config FILE] [key=value ...]``: one trial with a progress bar, one line
+    per validation point and a summary table (base vs fine-tuned when the starting model is evaluated, which
+    it is by default here). The resolved config goes to ``run.out_dir/config.yaml`` (else to the console, as
+    YAML); its method, unless ``method=`` is given, is :func:`method_name`."""
     parser = argparse.ArgumentParser(prog="python -m geomix.train", description=main.__doc__)
     parser.add_argument("--config", help="experiment YAML (layered over the defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=3")
@@ -107,12 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("run.eval_start=true")
     try:
         cfg = load_config(args.config, overrides)
+        if not _sets_method(args.config, overrides):
+            cfg = dataclasses.replace(cfg, method=method_name(cfg))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(to_dict(cfg), default=str))
-    result = run(cfg)
+    if cfg.run.out_dir:
+        path = os.path.join(cfg.run.out_dir, "config.yaml")
+        save_config(cfg, path)
+        print(f"method {cfg.method}: resolved config written to {path}")
+    else:
+        print(f"method {cfg.method}: resolved config\n")
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    result = run(cfg, hooks=_ConsoleHooks())
     print(summary_table(result))
+    print(_saved_line(cfg))
     return 0 if result["status"] == "completed" else 1
 
 

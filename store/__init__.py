@@ -1,15 +1,19 @@
 """The results store: the Parquet schema of a sweep's results, its one writer and its one reader.
 
 A results folder (a local path, or an ``s3://`` / ``gs://`` URI: multi-node Ray needs shared storage) holds
-``trials.parquet`` (one row per trial), ``history.parquet`` (one row per trial per evaluation point),
-``config.yaml`` (the resolved sweep) and ``embeddings/<trial>.npz``; ``docs/results.md`` documents every
-column. This package sits above ``geomix`` (it reads the metric vocabulary of :mod:`geomix.registry`) and
+the ``trials/`` table (one row per trial) and the ``history/`` table (one row per trial per evaluation
+point), each a folder of Parquet parts that are written once and read as one dataset, ``config.yaml`` (the
+resolved sweep) and ``embeddings/<trial>.npz``; ``docs/results.md`` documents every column. This package
+sits above ``geomix`` (it reads the metric vocabulary of :mod:`geomix.registry` and the config classes) and
 below ``sweeps`` (which writes) and ``analysis`` (which reads); it imports pandas and pyarrow, never torch.
 
-Modules: :mod:`.fs` (paths, URIs, atomic writes), :mod:`.schema` (names, statuses, versions),
-:mod:`.rows` (rows from a trial's config and result), :mod:`.io` (write and read).
+Modules: :mod:`.fs` (paths, URIs, atomic writes), :mod:`.schema` (names, statuses, versions, declared
+column types), :mod:`.columns` (rows -> typed Arrow), :mod:`.parts` (the part files of a table),
+:mod:`.buffer` (several writes per part), :mod:`.rows` (rows from a trial's config and result), :mod:`.io`
+(write and read).
 """
 
+from store.buffer import batched, flush
 from store.fs import has_file, save_file
 from store.io import keep_embeddings, read_results, save_resolved_config, write_rows
 from store.rows import environment_info, history_rows, trial_row
@@ -25,6 +29,6 @@ from store.schema import (
 
 __all__ = [
     "CONFIG_FILE", "EMBEDDINGS_DIR", "METRIC_COLUMNS", "SCHEMA_VERSION", "SPLITS", "STATUSES", "TABLES",
-    "environment_info", "has_file", "history_rows", "keep_embeddings", "read_results", "save_file",
-    "save_resolved_config", "trial_row", "write_rows",
+    "batched", "environment_info", "flush", "has_file", "history_rows", "keep_embeddings", "read_results",
+    "save_file", "save_resolved_config", "trial_row", "write_rows",
 ]

@@ -3,7 +3,8 @@
 A local path (relative is fine) or a ``file://`` / ``s3://`` / ``gs://`` URI, through pyarrow's file systems.
 Every write goes to a temp name beside the target and is then renamed over it (on a local disk through
 :mod:`geomix.atomic`; on an object store, where a file system may not implement move, by a server-side
-copy: an object appears whole or not at all), so readers see the old file or the new one.
+copy: an object appears whole or not at all), so readers see the old file or the new one. The results
+tables are append-only (:mod:`store.io` writes each part once, under a new name), so no write needs a lock.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from pyarrow import fs as pafs
 
 from geomix import atomic
 
-__all__ = ["resolve", "exists", "write_bytes", "save_file", "has_file", "local_lock", "join"]
+__all__ = ["resolve", "exists", "write_bytes", "save_file", "has_file", "join"]
 
 
 def resolve(folder_or_uri: str | os.PathLike[str]) -> tuple[Any, str]:
@@ -41,25 +41,6 @@ def exists(filesystem: Any, path: str, kind: str = "file") -> bool:
     info = filesystem.get_file_info(path)
     want = pafs.FileType.File if kind == "file" else pafs.FileType.Directory
     return info.type == want
-
-
-@contextlib.contextmanager
-def local_lock(filesystem: Any, folder: str) -> Iterator[None]:
-    """Serialise read-merge-write on a local folder (object stores have no locks; one driver writes)."""
-    if not isinstance(filesystem, pafs.LocalFileSystem):
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(os.path.join(folder, ".results.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_bytes(filesystem: Any, path: str, data: bytes) -> None:

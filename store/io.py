@@ -1,71 +1,53 @@
-"""Writing and reading a results folder: merge-by-key Parquet tables, the resolved config, embeddings.
+"""Writing and reading a results folder: append-only Parquet datasets, the resolved config, embeddings.
 
-Writes are atomic (:mod:`store.fs`) and merge with what is there by key, the last write of a key winning,
-so a resumed sweep never duplicates or drops a trial. Readers check ``schema_version`` and say clearly when
-a file is too old or too new.
+Each :func:`write_rows` call writes its rows once, as a new part ``<folder>/<table>/part-<ns>-<id>.parquet``
+(atomic, :mod:`store.parts`), and never rewrites a file; inside ``with store.batched():`` the rows of many
+calls share a part (:mod:`store.buffer`). :func:`read_results` reads each table as one ``pyarrow.dataset``
+of all its parts and keeps, per key, the row written last (the largest ``written_at``), so a resumed sweep
+never duplicates or drops a trial. Two drivers can write into one folder: part names never collide, so
+nothing is lost. Readers check ``schema_version`` and say clearly when a folder is too old or too new; a
+version-1 folder (one ``<table>.parquet``, written by an older geomix) is still read.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from pyarrow import fs as pafs
 
 from geomix.dotted import flatten
-from store.fs import exists, local_lock, resolve, save_file, write_bytes
-from store.schema import CONFIG_FILE, SCHEMA_VERSION, SPLITS, STATUSES, TABLES, check_version
+from store import buffer
+from store.columns import coerce
+from store.fs import exists, resolve, save_file
+from store.parts import check_appendable, read_table, write_part
+from store.schema import CONFIG_FILE, SCHEMA_VERSION, SPLITS, STATUSES, TABLES, WRITTEN_AT
 
 log = logging.getLogger(__name__)
 
 __all__ = ["write_rows", "read_results", "save_resolved_config", "keep_embeddings"]
 
-
-def _to_arrow(df: pd.DataFrame) -> Any:
-    """A DataFrame as an Arrow table; object columns mixing types (e.g. str and float) become strings."""
-    try:
-        return pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        pass
-    df = df.copy()
-    for col in df.columns:
-        if df[col].dtype != object:
-            continue
-        try:
-            pa.array(df[col], from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            df[col] = (
-                df[col]
-                .map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-                .astype(pd.StringDtype())
-            )
-    return pa.Table.from_pandas(df, preserve_index=False)
+_clock = threading.Lock()
+_last_ns = 0
 
 
-def write_rows(folder_or_uri: str | os.PathLike[str], table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Merge ``rows`` into ``<folder>/<table>.parquet`` by key, atomically.
+def _next_ns() -> int:
+    """Unix time in ns, strictly increasing within this process (threads included)."""
+    global _last_ns
+    with _clock:
+        _last_ns = max(time.time_ns(), _last_ns + 1)
+        return _last_ns
 
-    Args:
-        folder_or_uri: a local folder (created if missing) or a ``file://``, ``s3://``, ``gs://`` URI.
-        table: ``"trials"`` (key ``trial_id``) or ``"history"`` (key ``trial_id, step, split``).
-        rows: dicts of column -> value; nested dicts are flattened to dotted columns and lists become JSON
-            strings. Every row needs the key columns. Rows with a key already in the file replace that
-            row (the last write for a key wins, also within ``rows``); other rows are kept.
 
-    Raises:
-        ValueError: unknown ``table``, a row without its key or with a bad ``status`` / ``split``, or an
-            existing file of another ``schema_version``. The old file is untouched on any error.
-    """
-    if table not in TABLES:
-        raise ValueError(f"table={table!r} is invalid: allowed one of {', '.join(map(repr, TABLES))}")
+def _check_rows(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Flattened, typed rows stamped with this write's ``written_at``, or ``ValueError`` for a bad row."""
     keys = TABLES[table]
     flat = [flatten(r) for r in rows]
     for i, row in enumerate(flat):
@@ -78,28 +60,45 @@ def write_rows(folder_or_uri: str | os.PathLike[str], table: str, rows: Sequence
             raise ValueError(f"trials row {i} status={row['status']!r} is invalid: allowed one of {STATUSES}")
         if table == "history" and row["split"] not in SPLITS:
             raise ValueError(f"history row {i} split={row['split']!r} is invalid: allowed one of {SPLITS}")
+        row["trial_id"] = str(row["trial_id"])
         row["schema_version"] = SCHEMA_VERSION
-    if not flat:
-        return
-    new = pd.DataFrame(flat)
-    new["trial_id"] = new["trial_id"].astype(str)
+        row.pop(WRITTEN_AT, None)
+    typed = coerce(table, flat)
+    stamp = _next_ns()
+    for row in typed:
+        row[WRITTEN_AT] = stamp
+    return typed
 
+
+def write_rows(folder_or_uri: str | os.PathLike[str], table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` to ``table`` of the folder as one new Parquet part, atomically.
+
+    Args:
+        folder_or_uri: a local folder (created if missing) or a ``file://``, ``s3://``, ``gs://`` URI.
+        table: ``"trials"`` (key ``trial_id``) or ``"history"`` (key ``trial_id, step, split``).
+        rows: dicts of column -> value; nested dicts are flattened to dotted columns and lists become JSON
+            strings. Every row needs the key columns. A key written again replaces the earlier row on
+            reading (the last write for a key wins, also within ``rows``); other rows are kept.
+
+    Inside ``with store.batched():`` the rows are queued and share a part with other calls' rows.
+
+    Raises:
+        ValueError: unknown ``table``, a row without its key, a bad ``status`` / ``split``, a value that
+            does not fit its column's declared type, or a folder of another ``schema_version``. Nothing is
+            written on any error.
+    """
+    if table not in TABLES:
+        raise ValueError(f"table={table!r} is invalid: allowed one of {', '.join(map(repr, TABLES))}")
+    typed = _check_rows(table, rows)
+    if not typed:
+        return
     filesystem, folder = resolve(folder_or_uri)
-    filesystem.create_dir(folder, recursive=True)
-    path = f"{folder}/{table}.parquet"
-    with local_lock(filesystem, folder):
-        if exists(filesystem, path):
-            old = pq.read_table(path, filesystem=filesystem).to_pandas()
-            check_version(old, path)
-            old["trial_id"] = old["trial_id"].astype(str)
-            # Drop empty frames / all-NA columns from the concat so pandas keeps the dtypes it can.
-            merged = pd.concat([f for f in (old, new) if len(f)], ignore_index=True, sort=False)
-        else:
-            merged = new
-        merged = merged.drop_duplicates(subset=list(keys), keep="last").reset_index(drop=True)
-        sink = pa.BufferOutputStream()
-        pq.write_table(_to_arrow(merged), sink)
-        write_bytes(filesystem, path, sink.getvalue().to_pybytes())
+    check_appendable(filesystem, folder, table)
+    batch = buffer.active()
+    if batch is not None:
+        batch.add(filesystem, folder, table, typed)
+    else:
+        write_part(filesystem, folder, table, typed)
 
 
 def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
@@ -126,13 +125,17 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _has_results(filesystem: Any, folder: str) -> bool:
+    return exists(filesystem, f"{folder}/trials", "dir") or exists(filesystem, f"{folder}/trials.parquet")
+
+
 def _folders_with_results(filesystem: Any, folder: str) -> list[str]:
-    """``folder`` itself if it holds trials.parquet, else its direct sub-folders that do (a sweep root)."""
-    if exists(filesystem, f"{folder}/trials.parquet"):
+    """``folder`` itself if it holds a trials table, else its direct sub-folders that do (a sweep root)."""
+    if _has_results(filesystem, folder):
         return [folder]
     found = []
     for info in filesystem.get_file_info(pafs.FileSelector(folder, recursive=False)):
-        if info.type == pafs.FileType.Directory and exists(filesystem, f"{info.path}/trials.parquet"):
+        if info.type == pafs.FileType.Directory and _has_results(filesystem, info.path):
             found.append(info.path)
     return sorted(found)
 
@@ -140,20 +143,22 @@ def _folders_with_results(filesystem: Any, folder: str) -> list[str]:
 def read_results(*folders: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read and concatenate the results of one or more folders.
 
-    A folder is a results folder (with ``trials.parquet``) or a folder whose direct sub-folders are. A
-    ``results_dir`` column records where each row came from. Rows repeated across folders (same
+    A folder is a results folder (with a ``trials`` table: ``trials/`` parts, or a version-1
+    ``trials.parquet``) or a folder whose direct sub-folders are. Each table keeps the last written row per
+    key. A ``results_dir`` column records where each row came from. Rows repeated across folders (same
     ``sweep`` and ``trial_id``, e.g. a folder passed twice) are kept once, the last folder winning.
 
     Returns:
         ``(trials, history)`` DataFrames; ``history`` is empty (with its key columns) when no folder has
-        a ``history.parquet``.
+        history rows.
 
     Raises:
-        ValueError: no folder given, a missing folder, a folder without results, an empty
-            ``trials.parquet``, or a ``schema_version`` this code does not read.
+        ValueError: no folder given, a missing folder, a folder without results, an empty trials table,
+            or a ``schema_version`` this code does not read.
     """
     if not folders:
         raise ValueError("read_results needs at least one results folder: allowed are paths or URIs")
+    buffer.flush()  # rows this process queued in a batch are read too
     trials_parts: list[pd.DataFrame] = []
     history_parts: list[pd.DataFrame] = []
     for folder_arg in folders:
@@ -166,24 +171,21 @@ def read_results(*folders: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Dat
         found = _folders_with_results(filesystem, folder)
         if not found:
             raise ValueError(
-                f"results folder {os.fspath(folder_arg)!r} has no trials.parquet (nor do its "
-                "sub-folders): allowed is a folder written by store.write_rows"
+                f"results folder {os.fspath(folder_arg)!r} has no trials table (trials/ or trials.parquet; "
+                "nor do its sub-folders): allowed is a folder written by store.write_rows"
             )
         for sub in found:
-            path = f"{sub}/trials.parquet"
-            trials = pq.read_table(path, filesystem=filesystem).to_pandas()
+            read = read_table(filesystem, sub, "trials")
+            trials, where = read if read is not None else (pd.DataFrame(), f"{sub}/trials/")
             if trials.empty:
-                raise ValueError(f"{path} is empty: allowed is a trials table with at least one trial")
-            check_version(trials, path)
+                raise ValueError(f"{where} is empty: allowed is a trials table with at least one trial")
             trials["results_dir"] = sub
             trials_parts.append(trials)
-            hpath = f"{sub}/history.parquet"
-            if exists(filesystem, hpath):
-                history = pq.read_table(hpath, filesystem=filesystem).to_pandas()
-                if not history.empty:
-                    check_version(history, hpath)
-                    history["results_dir"] = sub
-                    history_parts.append(history)
+            read = read_table(filesystem, sub, "history")
+            if read is not None and not read[0].empty:
+                history = read[0]
+                history["results_dir"] = sub
+                history_parts.append(history)
     trials = pd.concat(trials_parts, ignore_index=True, sort=False)
     trials["trial_id"] = trials["trial_id"].astype(str)
     key = ["sweep", "trial_id"] if "sweep" in trials.columns else ["trial_id"]
@@ -199,4 +201,3 @@ def read_results(*folders: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Dat
     else:
         history = pd.DataFrame({c: pd.Series(dtype=object) for c in (*TABLES["history"], "epoch")})
     return trials, history
-

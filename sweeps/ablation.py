@@ -6,7 +6,7 @@
     python sweeps/ablation.py --address auto --num-workers 2 --gpus-per-worker 1 --storage s3://bucket/geomix
 
 Re-running the same command resumes an interrupted sweep (finished trials are not rerun). Results land in
-``--results`` (default ``results/<name>/``): ``trials.parquet``, ``history.parquet``, ``config.yaml``.
+``--results`` (default ``results/<name>/``): the ``trials/`` and ``history/`` datasets, ``config.yaml``.
 The grid is Tune's own grid search (methods x seeds); the hyper-parameter search is ``search.py``. Method
 rows are open: any id the sweep YAML defines is a method (``sweeps/configs/ablation.yaml``).
 """
@@ -14,6 +14,8 @@ rows are open: any id the sweep YAML defines is a method (``sweeps/configs/ablat
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +24,12 @@ from typing import Any, NoReturn
 from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
+from sweeps.folder import existing_rows, hold, saved_config, union_config
+from sweeps.identity import Plan, SweepChanged, move_aside, plan
 from sweeps.schema import load_sweep
-from sweeps.spec import SweepSpec, resolve_trial, trial_config
+from sweeps.spec import SweepSpec, resolve_base, resolve_trial, trial_config
+
+log = logging.getLogger("sweeps.ablation")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ablation.yaml"
 
@@ -67,27 +73,62 @@ def build(args: argparse.Namespace) -> tuple[SweepSpec, list[int], list[TrainCon
     sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
     spec = common.spec_from_args(args, sweep, methods=select_methods(sweep.methods, args.methods))
     seeds = parse_seeds(args.seeds, sweep.seeds)
+    resolve_base(spec)  # a bad base override is named as the base's, not as the first method's
     rank = {m: i for i, m in enumerate(sweep.methods)}  # the analysis orders rows as the YAML does
     cfgs = [resolve_trial(spec, m, s) for s in seeds for m in spec.methods]
     return spec, seeds, cfgs, [trial_config(c, method_rank=rank[c.method]) for c in cfgs]
+
+
+def check_folder(args: argparse.Namespace, spec: SweepSpec, trials: list[dict[str, Any]]) -> Plan:
+    """Compare the wanted trials with the rows already in ``--results`` (before Ray starts): the plan of what
+    runs now, or, with ``--overwrite``, the old folder moved aside first.
+
+    Raises:
+        SweepChanged: the folder holds another sweep's trials (the message names the keys that differ).
+    """
+    sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
+    everything = dataclasses.replace(spec, methods=dict(sweep.methods))  # all of the YAML's rows
+
+    def resolve(method: str, seed: int) -> TrainConfig | None:
+        return resolve_trial(everything, method, seed) if method in everything.methods else None
+
+    try:
+        return plan(trials, existing_rows(spec.results), resolve, spec.results)
+    except SweepChanged:
+        if not args.overwrite:
+            raise
+    moved = move_aside(spec.results)
+    log.warning("--overwrite: moved the old results folder to %s", moved)
+    return plan(trials, [], resolve, spec.results)
 
 
 def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, seeds, cfgs, trials = build(args)  # every config error surfaces here, before Ray starts
-    # Imported only now: Ray takes seconds to import, and a bad argument must fail at once.
-    import store
-    from sweeps.runner import run_sweep
-    from sweeps.session import ray_session
+    with hold(spec.results):
+        todo = check_folder(args, spec, trials)  # a results folder of another sweep: refused, before Ray
+        # Imported only now: Ray takes seconds to import, and a bad argument must fail at once.
+        import store
+        from sweeps.runner import experiment_for, resume_unfinished, run_sweep
+        from sweeps.session import ray_session
 
-    t0 = time.perf_counter()
-    store.save_resolved_config(spec.results, {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
-                                              "methods": {k: dict(v) for k, v in spec.methods.items()}})
-    common.prepare_base_models(cfgs)
-    with ray_session(args.address):
-        run_sweep(spec, trials=trials, verbose=args.verbose)
-    common.print_summary(spec, len(trials), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        config = {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
+                  "methods": {k: dict(v) for k, v in spec.methods.items()}}
+        store.save_resolved_config(spec.results, union_config(saved_config(spec.results), config))
+        log.info("sweep %s: %d trials, %d already in %s, %d to run", spec.name, len(trials), todo.reused,
+                 spec.results, len(todo.todo))
+        if todo.todo:
+            common.prepare_base_models(cfgs)
+            with ray_session(args.address):
+                # a driver killed mid-sweep: its experiment resumes its running trials from their checkpoints
+                resume_unfinished(spec, {t["key"] for t in trials}, verbose=args.verbose)
+                rest = plan(trials, existing_rows(spec.results), None, spec.results).todo
+                if rest:
+                    run_sweep(spec, trials=rest, verbose=args.verbose,
+                              experiment=experiment_for(spec, rest, fresh=todo.existing == 0))
+        common.print_summary(spec, len(trials), time.perf_counter() - t0, reused=todo.reused)
     return 0
 
 

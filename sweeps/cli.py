@@ -47,6 +47,9 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="running trials at once (default: what the cluster's CPUs/GPUs hold)")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the results folder holds another sweep: move it aside (to "
+                        "<results>.old-<time>, never deleted) and start afresh")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep finished trials' checkpoints in storage (default: delete them once the "
                         "trial's row is written; they are only needed to resume an unfinished trial)")
@@ -88,11 +91,12 @@ def prepare_base_models(cfgs: Iterable[TrainConfig]) -> None:
         log.info("base model ready (%.1f s)", time.perf_counter() - t0)
 
 
-def print_summary(spec: SweepSpec, n_trials: int, wall: float) -> None:
-    """The end of an ablation: how many trials, and the paper-style table of its results."""
+def print_summary(spec: SweepSpec, n_trials: int, wall: float, *, reused: int = 0) -> None:
+    """The end of an ablation: how many trials ran now and were reused, and the paper-style table."""
     from analysis import summary  # the one analysis function a sweep calls (pyproject's layer contract)
 
-    print(f"\nsweep {spec.name}: {n_trials} trials in {wall:.0f} s; results in {spec.results}\n")
+    print(f"\nsweep {spec.name}: {n_trials} trials ({n_trials - reused} ran now, {reused} reused from "
+          f"earlier runs) in {wall:.0f} s; results in {spec.results}\n")
     print(summary(spec.results))
 
 

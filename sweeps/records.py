@@ -20,6 +20,7 @@ from pyarrow import fs as pafs
 import store
 from store.fs import join, resolve
 from sweeps import tune_api as tune
+from sweeps.progress import SweepProgress, count_trials
 from sweeps.spec import FINAL_KEY, STATUS_KEY, SweepSpec, describe, train_storage, trial_name, trial_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def trial_row(
     kept.update(timing)
     if trial.get("method_rank") is not None:
         kept["method_rank"] = int(trial["method_rank"])
+    if trial.get("key"):
+        kept["trial_key"] = trial["key"]  # its identity (sweeps.identity): what a rerun reuses
     kept["overrides"] = json.dumps(dict(trial.get("overrides") or {}), sort_keys=True, default=str)
     return store.trial_row(sweep=spec.name, trial_id=trial_id, config=trial["config"], result=kept,
                            status=status, error=error, env=env)
@@ -118,13 +121,17 @@ def _timing(trial: Any) -> dict[str, Any]:
 
 
 class ResultsCallback(tune.Callback):
-    """Writes history rows on every result and a trials row when a trial ends (driver side)."""
+    """Writes history rows on every result and a trials row when a trial ends (driver side), and logs a
+    line per trial end with the sweep's progress (``sweeps.progress``: ``12/36 done, 2 running, 0 failed,
+    ETA 4 min``). ``total``: the trials the sweep runs (None = unknown)."""
 
-    def __init__(self, spec: SweepSpec, env: Mapping[str, Any]) -> None:
+    def __init__(self, spec: SweepSpec, env: Mapping[str, Any], total: int | None = None) -> None:
         self.spec, self.env = spec, dict(env)
-        self.finished = 0
+        self.progress = SweepProgress(total)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        # Tune changes the trial's status after its callbacks: the others running, plus this one
+        self.progress.started(count_trials(trials, trial)[1] + 1)
         log.info("trial %s (%s) started", trial.trial_id, describe(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -132,21 +139,23 @@ class ResultsCallback(tune.Callback):
         if rows:
             store.write_rows(self.spec.results, "history", rows)
 
-    def _finish(self, trial, error: bool) -> None:
+    def _finish(self, trials, trial, error: bool) -> None:
         row = finished_row(self.spec, trial, error, self.env, _timing(trial))
         store.write_rows(self.spec.results, "trials", [row])
-        self.finished += 1
-        done = ""
+        done, running, failed = count_trials(trials, trial, error=error)
+        self.progress.started(running + 1)
+        self.progress.ended(row.get("trial_wall_s"))
+        metrics = ""
         if _is_num(row.get("rsum")) and math.isfinite(row["rsum"]):
-            done = f", test rsum {row['rsum']:.1f}, R@1 i→t {row.get('r1_i2t', float('nan')):.1f}"
+            metrics = f", test rsum {row['rsum']:.1f}, R@1 i→t {row.get('r1_i2t', float('nan')):.1f}"
         wall = row.get("trial_wall_s")
-        log.info("trial %s (%s): %s%s%s [%d finished]", trial.trial_id, describe(trial.config), row["status"],
-                 done, f" in {wall:.0f} s" if wall else "", self.finished)
+        log.info("trial %s (%s): %s%s%s; %s", trial.trial_id, describe(trial.config), row["status"], metrics,
+                 f" in {wall:.0f} s" if wall else "", self.progress.line(done, running, failed))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, error=False)
+        self._finish(trials, trial, error=False)
         if not self.spec.keep_checkpoints:
             drop_checkpoints(self.spec, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, error=True)
+        self._finish(trials, trial, error=True)

@@ -13,12 +13,16 @@ between a trial's end and its write loses nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyarrow import fs as pafs
+
 import store
+from store.fs import exists, resolve
 from sweeps import records, session
 from sweeps import tune_api as tune
 from sweeps.spec import TRIAL_KEY, SweepSpec, experiment_path, trial_of
@@ -45,6 +49,7 @@ def run_sweep(
     scheduler: Any = None,
     num_samples: int = 1,
     verbose: int = 1,
+    experiment: str | None = None,
 ):
     """Run (or resume) the sweep on the connected Ray; returns Tune's ``ResultGrid``.
 
@@ -55,6 +60,8 @@ def run_sweep(
         scheduler: e.g. ``sweeps.searchers.make_asha``.
         num_samples: trials a searcher suggests.
         verbose: Tune's console output (0 = geomix's own log lines only).
+        experiment: the Tune experiment's name under ``spec.storage`` (default ``spec.name``; an
+            extension of an ablation runs as its own experiment, :func:`experiment_for`).
 
     Re-running the same command resumes: ``Tuner.can_restore(storage/name)`` -> ``Tuner.restore`` with
     ``resume_unfinished=True`` (trials that were running restart from their last checkpoint; errored trials
@@ -64,7 +71,7 @@ def run_sweep(
     cluster = session.cluster_resources()
     resources = session.trial_resources(spec.num_workers, spec.gpus_per_worker, cluster)
     fn = tune.with_resources(tune.with_parameters(trainable, spec=spec), resources)
-    path = experiment_path(spec)
+    path = experiment_path(spec, experiment)
     if tune.Tuner.can_restore(path):
         log.warning("resuming sweep %s from %s", spec.name, path)
         tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
@@ -84,9 +91,10 @@ def run_sweep(
                 trial_name_creator=lambda t: f"{trial_of(t.config)['method']}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=spec.name,
+                name=experiment or spec.name,
                 storage_path=spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve()),
-                callbacks=[records.ResultsCallback(spec, store.environment_info())],
+                callbacks=[records.ResultsCallback(spec, store.environment_info(),
+                                                   total=len(trials) if trials else num_samples)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures if spec.num_workers == 0
                                                   else 0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -129,3 +137,40 @@ def _existing_trial_ids(results: str) -> set[str]:
     except (ValueError, FileNotFoundError):
         return set()
     return set(trials["trial_id"]) if "trial_id" in trials else set()
+
+
+def experiment_for(spec: SweepSpec, todo: Sequence[Mapping[str, Any]], fresh: bool) -> str:
+    """The Tune experiment of an ablation's ``todo`` trials: the sweep's name for a fresh folder, else
+    ``<name>-<hash of the todo trials' keys>`` (an extension gets its own experiment; Tune cannot add
+    trials to a finished grid, and an experiment left in the storage folder by another run must never be
+    restored in place of these trials: the hash names exactly this set)."""
+    filesystem, path = resolve(experiment_path(spec))
+    if fresh and not exists(filesystem, path, "dir"):
+        return spec.name
+    digest = hashlib.sha256(",".join(sorted(t["key"] for t in todo)).encode()).hexdigest()[:8]
+    return f"{spec.name}-{digest}"
+
+
+def resume_unfinished(spec: SweepSpec, wanted_keys: set[str], verbose: int = 1) -> int:
+    """Resume every Tune experiment of this sweep in ``spec.storage`` that has unfinished trials, all of
+    them trials this run wants (a driver killed mid-sweep: its running trials continue from their last
+    checkpoint). Returns the number of experiments resumed."""
+    resumed = 0
+    filesystem, root = resolve(spec.storage)
+    if not exists(filesystem, root, "dir"):
+        return 0
+    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=False)):
+        name = info.base_name
+        ours = name == spec.name or name.startswith(spec.name + "-")
+        if info.type != pafs.FileType.Directory or not ours:
+            continue
+        path = experiment_path(spec, name)
+        if not tune.Tuner.can_restore(path):
+            continue
+        trials = tune.ExperimentAnalysis(path).trials
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        keys = {trial_of(t.config).get("key") for t in unfinished}
+        if unfinished and keys <= wanted_keys:
+            run_sweep(spec, verbose=verbose, experiment=name)
+            resumed += 1
+    return resumed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -23,9 +24,12 @@ from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
 from sweeps import space
+from sweeps.folder import hold, saved_config
+from sweeps.identity import SweepChanged, check_saved, move_aside
 from sweeps.schema import SearchSettings, load_sweep
-from sweeps.spec import SweepSpec, resolve_trial
+from sweeps.spec import SweepSpec, resolve_base, resolve_trial
 
+log = logging.getLogger("sweeps.search")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "search.yaml"
 
 
@@ -49,6 +53,7 @@ def build(args: argparse.Namespace) -> tuple[SweepSpec, SearchSettings, TrainCon
     if args.num_samples is not None:
         settings = dataclasses.replace(settings, num_samples=args.num_samples)
     spec = common.spec_from_args(args, sweep)
+    resolve_base(spec)  # a bad base override is named as the base's
     base_cfg = resolve_trial(spec, "search", settings.trial_seed)
     for overrides in space.corners(settings):
         resolve_trial(spec, "search", settings.trial_seed, overrides)
@@ -59,26 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec, s, base_cfg = build(args)  # every config error surfaces here, before Ray starts
-    # Imported only now: Ray and Optuna take seconds to import, and a bad argument must fail at once.
-    import store
-    from sweeps.runner import run_sweep
-    from sweeps.searchers import make_asha, make_searcher
-    from sweeps.session import ray_session
+    config = {"name": spec.name, "base": dict(spec.base), "search": s.to_dict()}
+    with hold(spec.results):
+        try:  # re-running the same search resumes it; another search is refused before Ray starts
+            check_saved(saved_config(spec.results), config, spec.results)
+        except SweepChanged:
+            if not args.overwrite:
+                raise
+            log.warning("--overwrite: moved the old results folder to %s", move_aside(spec.results))
+        # Imported only now: Ray and Optuna take seconds to import, and a bad argument must fail at once.
+        import store
+        from sweeps.runner import run_sweep
+        from sweeps.searchers import make_asha, make_searcher
+        from sweeps.session import ray_session
 
-    t0 = time.perf_counter()
-    store.save_resolved_config(spec.results, {"name": spec.name, "base": dict(spec.base),
-                                              "search": s.to_dict()})
-    common.prepare_base_models([base_cfg])
-    with ray_session(args.address):
-        run_sweep(
-            spec,
-            search_alg=make_searcher(space.make_space(s, spec), spec, seed=s.seed),
-            scheduler=make_asha(base_cfg.optim.epochs, grace_period=s.grace_period,
-                                reduction_factor=float(s.reduction_factor)),
-            num_samples=s.num_samples,
-            verbose=args.verbose,
-        )
-    common.print_search_summary(spec, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        store.save_resolved_config(spec.results, config)
+        common.prepare_base_models([base_cfg])
+        with ray_session(args.address):
+            run_sweep(
+                spec,
+                search_alg=make_searcher(space.make_space(s, spec), spec, seed=s.seed),
+                scheduler=make_asha(base_cfg.optim.epochs, grace_period=s.grace_period,
+                                    reduction_factor=float(s.reduction_factor)),
+                num_samples=s.num_samples,
+                verbose=args.verbose,
+            )
+        common.print_search_summary(spec, time.perf_counter() - t0)
     return 0
 
 

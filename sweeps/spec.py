@@ -24,6 +24,7 @@ from geomix.checks import check_range, fail
 from geomix.config import TrainConfig, from_dict, merge, to_dict, unflatten
 from store import EMBEDDINGS_DIR
 from store.fs import join
+from sweeps.identity import trial_key
 
 FINAL_KEY = "final"  # Tune treats a reported ``done=True`` as "stop this trial now", so it is renamed.
 STATUS_KEY = "status"  # set by geomix.train in its final report: "completed" or "diverged"
@@ -43,7 +44,7 @@ class SweepSpec:
     Attributes:
         name: sweep name: Tune experiment name, Optuna study name, ``sweep`` column.
         base: the shared base TrainConfig as a nested dict (a diff over the defaults).
-        results: folder or ``s3://`` / ``gs://`` URI for ``trials.parquet`` / ``history.parquet``.
+        results: folder or ``s3://`` / ``gs://`` URI of the results (``trials/``, ``history/``).
         storage: Ray storage root (local folder or URI); the Tune experiment is ``storage/name``.
         methods: method id -> dotted override dict (ablation rows); a trial's ``method`` picks one.
         num_workers: 0 = in-process ``geomix.train.run``; N = Ray Train with N workers per trial.
@@ -83,6 +84,19 @@ class SweepSpec:
         check_range("controller_failure_limit", self.controller_failure_limit, 0, None)
 
 
+def resolve_base(spec: SweepSpec) -> TrainConfig:
+    """The sweep's base alone (defaults <- YAML base <- command-line overrides), so a bad base value is
+    named as the base's (``base: optim.lr=...``) rather than as the first method's.
+
+    Raises:
+        ValueError: naming the bad dotted field of the base.
+    """
+    try:
+        return from_dict(TrainConfig, merge(dict(spec.base), {"method": "base"}))
+    except ValueError as e:
+        raise ValueError(f"base (the sweep YAML's base and the command line's key=value): {e}") from None
+
+
 def resolve_trial(
     spec: SweepSpec, method: str = "search", seed: int = 0, overrides: Mapping[str, Any] | None = None
 ) -> TrainConfig:
@@ -115,6 +129,7 @@ def trial_config(
         out["overrides"] = dict(overrides)
     if method_rank is not None:
         out["method_rank"] = int(method_rank)
+    out["key"] = trial_key(cfg)
     out["config"] = to_dict(cfg)
     return out
 
@@ -140,9 +155,9 @@ def embeddings_name(trial_id: str) -> str:
     return f"{EMBEDDINGS_DIR}/{trial_id}.npz"
 
 
-def experiment_path(spec: SweepSpec) -> str:
-    """The Tune experiment folder (or URI): ``storage/name``."""
-    return join(spec.storage, spec.name)
+def experiment_path(spec: SweepSpec, experiment: str | None = None) -> str:
+    """The Tune experiment folder (or URI): ``storage/<experiment>`` (default: the sweep's name)."""
+    return join(spec.storage, experiment or spec.name)
 
 
 def train_storage(spec: SweepSpec) -> str:

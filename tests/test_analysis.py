@@ -729,3 +729,195 @@ def test_modality_gap_from_run_out_dir(tmp_path):
     paths = plots.modality_gap(df, tmp_path / "figs")
     assert [p.name for p in paths] == ["modality_gap.png", "modality_gap.pdf"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# figures a reader can check: the modality gap and the learning curves
+
+
+def _unit(rng, n, d, shift=0.0):
+    x = rng.normal(size=(n, d)) + shift
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _gap_results(tmp_path, n_images=24, per_image=5):
+    """Trials of ZS (2 seeds, identical embeddings) and FT (3 seeds), each with a test ``.npz`` of
+    ``n_images`` images and ``per_image`` captions each in shuffled order, and its row's metrics computed
+    by ``geomix.metrics.evaluate_embeddings`` from exactly those arrays (as the training loop does)."""
+    import torch
+
+    from geomix import metrics
+
+    emb = tmp_path / "res" / "embeddings"
+    emb.mkdir(parents=True)
+    rows, files = [], {}
+    for tid, method, seed, shift in [
+        ("zs-0", "zs", 0, 0.8),
+        ("zs-1", "zs", 1, 0.8),
+        ("ft-0", "ft", 0, 0.2),
+        ("ft-1", "ft", 1, 0.3),
+        ("ft-2", "ft", 2, 0.1),
+    ]:
+        rng = np.random.default_rng(0 if method == "zs" else seed + 1)
+        img = _unit(rng, n_images, 8)
+        t2i = rng.permutation(np.repeat(np.arange(n_images), per_image))
+        txt = _unit(rng, len(t2i), 8, shift) + 0.5 * img[t2i]
+        txt = (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
+        np.savez(emb / f"{tid}.npz", img=img, txt=txt, txt_to_img=t2i)
+        res = metrics.evaluate_embeddings(torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i))
+        row = _row(tid, method, seed, **res)
+        rows.append({**row, "embeddings_path": f"embeddings/{tid}.npz", "results_dir": str(tmp_path / "res")})
+        files[tid] = (img, txt, t2i)
+    return pd.DataFrame(rows), files
+
+
+def test_modality_gap_panels_show_table2_gap_and_geomix_metrics_recomputes_it(tmp_path):
+    import torch
+
+    from geomix import metrics
+
+    trials, files = _gap_results(tmp_path)
+    panels = plots.gap_panels(trials)
+    assert [(p.method, p.trial_id, p.seed, p.split) for p in panels] == [
+        ("zs", "zs-0", 0, "test"),
+        ("ft", "ft-0", 0, "test"),
+    ]
+    table = table_quality(trials)
+    cell = dict(zip(table.frame["method"], table.frame["gap"]))
+    for p in panels:
+        img, txt, t2i = files[p.trial_id]
+        first = [int(np.flatnonzero(t2i == i)[0]) for i in range(len(img))]
+        recomputed = metrics.modality_gap(torch.from_numpy(img), torch.from_numpy(txt[first]))["gap"]
+        row_gap = float(trials.loc[trials["trial_id"] == p.trial_id, "gap"].iloc[0])
+        assert p.gap == row_gap and p.gap_source == "trials row"  # the number Table 2 averages
+        assert p.gap == pytest.approx(recomputed, abs=1e-12)  # the same function on the same file
+        assert p.gap_file == pytest.approx(recomputed, abs=1e-6)  # the analysis's numpy mirror (no torch)
+        assert p.table_cell == cell[frame.display_name(p.method)]
+        assert (p.n_images, p.n_captions) == (24, 120)
+    # ZS is deterministic: the panel's number is the table's, digit for digit
+    zs = panels[0]
+    assert zs.table_cell == f"{zs.gap:.3f} ± 0.000"
+    ft_gaps = trials.loc[trials["method"] == "ft", "gap"].astype(float)
+    assert panels[1].table_cell == f"{ft_gaps.mean():.3f} ± {ft_gaps.std(ddof=1):.3f}"
+    # what the figure prints: seed and split in each title, PC axes with their explained variance
+    fig = plots.gap_figure(panels)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2
+    for ax, p in zip(axes, panels):
+        assert ax.get_title() == f"{frame.display_name(p.method)}\nseed {p.seed} · test split"
+        pc1, pc2 = (f"{100 * v:.0f} % var.)" for v in p.explained)
+        assert ax.get_xlabel() == f"PC1 ({pc1}" and ax.get_ylabel() == f"PC2 ({pc2}"
+        assert 0 < p.explained[1] <= p.explained[0] < 1
+        texts = [t.get_text() for t in ax.texts]
+        assert f"gap {p.gap:.3f} (this seed)\nTable 2: {p.table_cell}" in texts
+    plots.plt.close(fig)
+    paths = plots.modality_gap(trials, tmp_path / "figs")
+    assert [p.name for p in paths] == ["modality_gap.png", "modality_gap.pdf"]
+
+
+def test_modality_gap_subsamples_images_and_keeps_every_caption_with_its_image(tmp_path):
+    t2i = np.random.default_rng(3).permutation(np.repeat(np.arange(40), 5))
+    images, captions = plots.sample_images(t2i, 40, 10)
+    assert len(images) == 10 and len(set(images)) == 10 and list(images) == sorted(images)
+    assert sorted(captions) == sorted(np.flatnonzero(np.isin(t2i, images)))  # all 50 of theirs, no other
+    assert len(captions) == 50
+    assert np.array_equal(plots.sample_images(t2i, 40, 99)[0], np.arange(40))  # all when they fit
+    trials, files = _gap_results(tmp_path, n_images=40)
+    for p in plots.gap_panels(trials, max_images=10):
+        _, _, t2i = files[p.trial_id]
+        assert len(p.images) == 10 and len(p.captions) == 50 and len(p.xy_txt) == 50
+        assert np.array_equal(p.images[p.caption_image], t2i[p.captions])  # each caption drawn by its image
+        assert set(t2i[p.captions]) == set(p.images)
+        assert p.n_images == 40  # the gap itself is over all images, not the drawn ones
+        assert p.gap == float(trials.loc[trials["trial_id"] == p.trial_id, "gap"].iloc[0])
+
+
+def test_pair_gap_uses_the_first_caption_of_each_image():
+    t2i = np.array([1, 0, 1, 0, 2])  # first captions: image 0 -> row 1, image 1 -> row 0, image 2 -> row 4
+    assert plots.first_captions(t2i, 4).tolist() == [1, 0, 4, -1]
+    img = np.eye(3)
+    txt = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 5.0], [9, 9, 9], [0, 0, 1.0]])
+    # each image's first caption is the image itself; the other captions would move the mean
+    assert plots.pair_gap(img, txt, t2i) == pytest.approx(0.0, abs=1e-12)
+
+
+def _curve_frames(step0: bool):
+    methods = ["zs", "ft", "ft_tau0.05", "imix", "unmix", "v_mix", "m3_mix", "my_mix"]
+    rows = [_row(f"{m}-{s}", m, s, rsum=100.0) for m in methods for s in (0, 1)]
+    trials = pd.DataFrame(rows)
+    hist = []
+    for m in methods:
+        for s in (0, 1):
+            steps = [0] if m == "zs" else [10, 20]
+            if step0 and m != "zs":
+                steps = [0, *steps]
+            for step in steps:
+                v = 50.0 if step == 0 else 100.0 + step + 3.0 * (m == "imix") + s
+                hist.append({"trial_id": f"{m}-{s}", "step": step, "split": "val", "rsum": v})
+    return pd.DataFrame(hist), trials
+
+
+@pytest.mark.parametrize("step0", [True, False])
+def test_learning_curves_one_panel_per_family_with_the_start_and_differences_to_ft(tmp_path, step0):
+    history, trials = _curve_frames(step0)
+    (plot,) = plots.learning_curve_plots(history, trials)
+    assert plot.families == {
+        "baselines": ["zs", "ft", "ft_tau0.05"],
+        "input mixes": ["imix", "unmix"],
+        "single mix terms": ["v_mix"],
+        "m³: all four terms": ["m3_mix"],
+        "other methods": ["my_mix"],
+    }
+    fig = plot.figure
+    top = fig.axes[:5]
+    assert [ax.get_title() for ax in top] == list(plot.families)
+    assert fig.texts[-1].get_text() == plot.note
+    assert fig._suptitle.get_text() == "val rsum on shapes:dark: mean ± std over 2 seeds"
+    # ZS's step-0 value (the starting model) is a star in every panel, FT a reference line
+    for ax in top:
+        labels = [ln.get_label() for ln in ax.get_lines()]
+        assert "ZS, step 0" in labels and any(lb.startswith("FT") for lb in labels)
+    trained = [ln for ax in top for ln in ax.get_lines() if not ln.get_label().startswith("ZS")]
+    starts = {float(ln.get_xdata()[0]) for ln in trained}
+    if step0:
+        assert starts == {0.0} and plot.note.startswith("Every curve starts at step 0")
+    else:  # no step-0 row is invented: the curves begin at their first evaluation, and the note says so
+        assert starts == {10.0}
+        assert plot.note.startswith("No step-0 evaluation in the history for the trained methods")
+    # the lower row: each method minus FT of the same seed (i-Mix is +3 at every step)
+    (imix,) = [ln for ln in fig.axes[6].get_lines() if ln.get_label() == "i-Mix"]
+    assert list(imix.get_ydata()[-2:]) == [3.0, 3.0]
+    plots.plt.close(fig)
+    paths = plots.learning_curves(history, trials, tmp_path / "figs")
+    assert [p.name for p in paths] == ["learning_curves_val_rsum.png", "learning_curves_val_rsum.pdf"]
+
+
+def test_learning_curves_one_figure_per_data_set():
+    history, trials = _curve_frames(True)
+    other = trials.copy()
+    other["trial_id"] = other["trial_id"] + "-b"
+    other["data.styles"] = '["light"]'
+    hist_b = history.assign(trial_id=history["trial_id"] + "-b")
+    plots_ = plots.learning_curve_plots(pd.concat([history, hist_b]), pd.concat([trials, other]))
+    assert [(p.stem, p.dataset) for p in plots_] == [
+        ("learning_curves_val_rsum_shapes_dark", "shapes:dark"),
+        ("learning_curves_val_rsum_shapes_light", "shapes:light"),
+    ]
+    for p in plots_:
+        assert p.dataset in p.figure._suptitle.get_text()
+        plots.plt.close(p.figure)
+
+
+def test_trials_of_one_method_with_different_configs_are_never_pooled():
+    """Two sweeps' folders read together, the same method id at another epoch count: two rows, each
+    named by the key that tells them apart, each with its own mean; run-only settings do not split."""
+    df = pd.DataFrame({
+        "trial_id": list("abcd"), "method": ["ft"] * 4, "seed": [0, 1, 0, 1], "status": ["completed"] * 4,
+        "optim.epochs": [3, 3, 5, 5], "run.seed": [0, 1, 0, 1], "model.cache_dir": ["/x", "/y", "/x", "/y"],
+        "r1_i2t": [10.0, 12.0, 20.0, 22.0],
+    })
+    t = table_retrieval(df)
+    assert t.frame["method"].tolist() == ["ft (optim.epochs=3)", "ft (optim.epochs=5)"]
+    assert t.frame["i→t R@1"].tolist() == ["11.00 ± 1.41", "21.00 ± 1.41"]
+    same = df.assign(**{"optim.epochs": 3})
+    assert table_retrieval(same).frame["method"].tolist() == ["FT"]  # cache_dir alone never splits

@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("ray")
 
 import store  # noqa: E402
+from store.fs import exists, resolve  # noqa: E402
+from store.parts import read_table  # noqa: E402
 from sweeps import runner  # noqa: E402
 from sweeps.spec import SweepSpec, resolve_trial, trial_config  # noqa: E402
 
@@ -23,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rows(folder: Path, table: str = "trials"):
-    """The table as it is on disk now (None before its first write); written atomically, so never torn."""
-    import pandas as pd
-
-    path = folder / f"{table}.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    """One table as the store reads it now (None before its first write); every part is written
+    atomically, so a reader never sees half of one."""
+    filesystem, path = resolve(str(folder))
+    found = read_table(filesystem, path, table) if exists(filesystem, path, "dir") else None
+    return None if found is None else found[0]
 
 
 @pytest.mark.slow
@@ -148,7 +150,7 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(local_ray, tiny_base, t
     trials, history = store.read_results(spec.results)
     assert len(trials) == 1 and trials.status.iloc[0] == "completed", trials[["status", "error"]]
     val = history[history.split == "val"].sort_values("epoch")
-    assert list(val.epoch) == [1, 2, 3, 4]
+    assert list(val.epoch) == [0, 1, 2, 3, 4]  # 0: the starting model, not repeated by the restarted group
     epoch1 = val[val.epoch == 1].iloc[0]
     assert epoch1.reported_at < killed["at"]  # not re-trained (and re-reported) after the kill
     assert (val[val.epoch > 1].reported_at > killed["at"]).any()

@@ -148,6 +148,20 @@ def test_embedded_base_does_not_depend_on_the_callers_rng(tmp_path):
         assert torch.equal(built[0][k], built[1][k]), k
 
 
+def test_embedded_base_build_shows_a_bar_on_request_and_it_changes_nothing(tmp_path, capsys):
+    data = DataConfig(train_size=64, val_size=16, test_size=16)
+    built = {}
+    for progress in (True, None, False):  # None: only on a terminal, and pytest's stderr is not one
+        cfg = _micro(pretrained=models.EMBEDDED_BASE, cache_dir=str(tmp_path / f"c{progress}"),
+                     base_epochs=1, base_train_size=64, base_batch_size=32)
+        built[progress] = basemodel.starting_model(cfg, data, progress=progress)[0].state_dict()
+        err = capsys.readouterr().err
+        bar = "base: " in err and "/2 [" in err  # drawn at its start (a fast close may skip 2/2)
+        assert bar == (progress is True), err
+    for k in built[True]:
+        assert torch.equal(built[True][k], built[False][k]), k
+
+
 def test_embedded_base_needs_embedded_data():
     cfg = _micro(pretrained=models.EMBEDDED_BASE)
     with pytest.raises(ValueError, match="embedded-base.*geomix.basemodel"):

@@ -98,8 +98,10 @@ def test_two_gloo_workers_reproduce_one_worker(ray_local, tmp_path):
             a["lam_vl"], abs=1e-6
         )  # same λ draws: mixing sees the global batch
     # Evaluation points carry a checkpoint and the validation metrics.
+    # The first is the starting model (step 0, before any training), reported without a checkpoint.
     evals = [r for r in two_reports if "val_r1_i2t" in r["metrics"][0]]
-    assert len(evals) == 2 and all(r["checkpoint"] for r in evals)
+    assert [r["metrics"][0]["step"] for r in evals] == [0, 2, 4]
+    assert [r["checkpoint"] for r in evals] == [False, True, True]
 
 
 def test_local_mode_runs_in_process(ray_local, tmp_path):

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
-from geomix import basemodel, train
-from geomix.config import build_config
+from geomix import basemodel, logs, loop, train
+from geomix.config import build_config, load_config
 
 SMALL = [
     "model.name=geomix-micro",
@@ -96,10 +97,29 @@ def test_every_loss_kind_trains(overrides, terms):
     rec = Recorder()
     result = train.run(_cfg(*overrides), hooks=rec)
     assert result["status"] == "completed", result["error"]
-    assert terms <= set(rec.reports[0])
-    assert all(math.isfinite(rec.reports[0][k]) for k in terms)
+    epoch1 = rec.reports[1]  # reports[0] is the starting model's validation point (step 0)
+    assert epoch1["epoch"] == 1 and terms <= set(epoch1)
+    assert all(math.isfinite(epoch1[k]) for k in terms)
     assert 0 <= result["test_r1_i2t"] <= 100 and math.isfinite(result["test_rsum"])
-    assert {"val_r1_i2t", "val_gap", "val_ece", "val_zs_acc"} <= set(rec.reports[0])
+    assert {"val_r1_i2t", "val_gap", "val_ece", "val_zs_acc"} <= set(epoch1)
+
+
+def test_learning_curves_start_at_step_zero_without_changing_training(monkeypatch):
+    rec = Recorder()
+    result = train.run(_cfg("loss.w_m2=0.2", "loss.w_vl=0.2"), hooks=rec)
+    start = rec.reports[0]
+    assert start["epoch"] == 0 and start["step"] == 0 and start["samples_seen"] == 0
+    assert {"val_rsum", "val_r1_i2t", "val_gap"} <= set(start) and "train_loss" not in start
+    assert [r["epoch"] for r in rec.reports if "val_rsum" in r] == [0, 1, 2]
+    # The extra evaluation draws no random numbers: without it the run is bit-identical.
+    monkeypatch.setattr(loop.Trainer, "_report_start", lambda self: None)
+    without = train.run(_cfg("loss.w_m2=0.2", "loss.w_vl=0.2"), hooks=Recorder())
+    test_keys = [k for k in result if k.startswith("test_")]
+    assert test_keys and {k: result[k] for k in test_keys} == {k: without[k] for k in test_keys}
+    # No point at step 0 without periodic validation (run.eval_every=0).
+    rec = Recorder()
+    train.run(_cfg("run.eval_every=0"), hooks=rec)
+    assert [r["step"] for r in rec.reports] == [4]
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -118,6 +138,7 @@ def test_resume_is_bit_identical(tmp_path):
     ray_like = Recorder()
     ray_like.initial_checkpoint = lambda: crashed.checkpoints[0]
     from_hooks = train.run(cfg, hooks=ray_like)
+    assert ray_like.reports[0]["step"] > 0  # a resumed run has no step-0 point: its curve already has one
     resumed = train.run(interrupted)
     assert {k: v for k, v in from_hooks.items() if k.startswith("test_")} == {
         k: v for k, v in full.items() if k.startswith("test_")
@@ -173,11 +194,74 @@ def test_cli_prints_base_and_fine_tuned(tmp_path, capsys):
         "model.pretrained=embedded-base", f"model.cache_dir={tmp_path / 'cache'}", "model.base_epochs=2",
         "model.base_train_size=64", "model.base_batch_size=32",
     ]
-    code = train.main(SMALL + base + [f"run.out_dir={tmp_path / 'out'}"])
+    out_dir = tmp_path / "out"
+    code = train.main(SMALL + base + ALL_TERMS + [f"run.out_dir={out_dir}"])
     out = capsys.readouterr().out
     assert code == 0
     assert "test R@1 i->t: base" in out and "-> fine-tuned" in out
     assert "r1_i2t" in out and "status=completed" in out
     assert basemodel.base_path(build_config({}, SMALL + base).model, build_config({}, SMALL).data).is_file()
-    assert (tmp_path / "out" / "result.json").is_file()
+    assert (out_dir / "result.json").is_file()
+    # the resolved config is a file, named in the output, with the method its loss terms make
+    saved = load_config(out_dir / "config.yaml")
+    assert saved.method == "m3_mix" and saved.loss.w_vl == 0.2 and saved.run.out_dir == str(out_dir)
+    assert f"method m3_mix: resolved config written to {out_dir / 'config.yaml'}" in out
+    # one validation line per evaluation point, the starting model's first
+    val_lines = [ln for ln in out.splitlines() if ": val rsum " in ln]
+    assert [ln.split(":")[0] for ln in val_lines] == ["epoch 0 step 0", "epoch 1 step 2", "epoch 2 step 4"]
+    assert all(" R@1 i->t " in ln and ", t->i " in ln for ln in val_lines)
+    saved_line = out.strip().splitlines()[-1]
+    assert saved_line.startswith("saved: ") and str(out_dir / "result.json") in saved_line
+    assert "checkpoint " + str(out_dir / "checkpoints" / "ckpt-") in saved_line
     assert train.main(["optim.lr=-1"]) == 2
+
+
+def test_cli_without_out_dir_prints_yaml_and_says_nothing_was_saved(capsys):
+    assert train.main(SMALL + ["loss.w_m2=0.1", "method=my_run", "optim.max_steps=1"]) == 0
+    out = capsys.readouterr().out
+    assert "method my_run: resolved config" in out  # an explicit method= is kept
+    printed = yaml.safe_load(out.split("resolved config", 1)[1].split("epoch 0 step 0")[0])
+    assert printed["method"] == "my_run" and printed["loss"]["w_m2"] == 0.1
+    assert out.strip().splitlines()[-1].startswith("nothing was saved (run.out_dir is not set); add "
+                                                   "run.out_dir=DIR")
+
+
+@pytest.mark.parametrize("overrides,method", [
+    ([], "ft"),
+    (["loss.tau=0.05"], "ft_tau0.05"),
+    (["loss.tau=0.1"], "ft_tau0.10"),
+    (["loss.kind=imix"], "imix"),
+    (["loss.kind=unmix"], "unmix"),
+    (["loss.w_m2=0.1"], "m2_mix"),
+    (["loss.w_vl=0.1"], "vl_mix"),
+    (ALL_TERMS, "m3_mix"),
+    (ALL_TERMS + ["mix.geometry=linear"], "m3_mix_linear"),
+    (["loss.w_vl=0.1", "loss.w_m2=0.1"], "m2+vl"),
+    (["loss.w_v=0.1", "loss.w_l=0.1", "loss.w_vl=0.1"], "v+l+vl"),
+])
+def test_method_name_follows_the_loss_terms_that_are_on(overrides, method):
+    assert train.method_name(build_config({}, overrides)) == method
+
+
+def test_method_name_of_a_registered_term():
+    from geomix import registry
+
+    registry.register_term(registry.MixTerm("cos", "cos", "cos-Mix", lambda inputs, lam: (None, None)))
+    try:
+        assert train.method_name(build_config({}, ["loss.w_cos=0.5"])) == "cos_mix"
+        # m3 is the paper's four terms; a fifth one on top is named term by term
+        assert train.method_name(build_config({}, ALL_TERMS + ["loss.w_cos=0.5"])) == "m2+v+l+vl+cos"
+    finally:
+        registry.unregister_term("cos")
+
+
+def test_log_lines_go_above_the_bar():
+    import io
+    import logging
+
+    with logs.progress_bar(True, total=1, file=io.StringIO()) as bar:
+        assert bar is not None
+        assert any(type(h).__name__ == "_TqdmLoggingHandler" for h in logging.root.handlers)
+    assert not any(type(h).__name__ == "_TqdmLoggingHandler" for h in logging.root.handlers)
+    with logs.progress_bar(False, total=1) as bar:
+        assert bar is None

@@ -23,6 +23,7 @@ from geomix.config.schema import (
     LOSS_KINDS,
     MIX_GEOMETRIES,
     PARTNER_POLICIES,
+    RUN_ONLY,
     SECTIONS,
     SHAPE_STYLES,
     WASSERSTEIN_ESTIMATORS,
@@ -40,6 +41,7 @@ from geomix.dotted import flatten, merge, unflatten
 
 __all__ = [
     "EMBEDDED_BASE",
+    "RUN_ONLY",
     "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
     "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
     "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SHAPE_STYLES",

@@ -19,10 +19,12 @@ from typing import Any, ClassVar
 from geomix import registry
 from geomix.checks import ConfigError, check_choice, check_range, fail
 from geomix.config.sections import (
+    EMBEDDED_BASE,
     LAMBDA_POLICIES,
     LOSS_KINDS,
     MIX_GEOMETRIES,
     PARTNER_POLICIES,
+    RUN_ONLY,
     SHAPE_STYLES,
     WASSERSTEIN_ESTIMATORS,
     WEIGHT_DECAYS,
@@ -39,9 +41,6 @@ from geomix.config.sections import (
     _Section,
     literal_choices,
 )
-
-#: ``model.pretrained`` for the embedded base model (:mod:`geomix.basemodel`), the default starting point.
-EMBEDDED_BASE = "embedded-base"
 
 
 @dataclass(frozen=True)
@@ -409,6 +408,7 @@ SECTIONS: dict[str, type[_Section]] = {
 
 __all__ = [
     "EMBEDDED_BASE",
+    "RUN_ONLY",
     "ConfigError", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig", "ModelConfig", "OptimConfig",
     "RunConfig", "TrainConfig", "SECTIONS", "LAMBDA_POLICIES", "PARTNER_POLICIES", "MIX_GEOMETRIES",
     "WEIGHT_DECAYS", "LOSS_KINDS", "WASSERSTEIN_ESTIMATORS", "SHAPE_STYLES", "literal_choices",

@@ -73,3 +73,13 @@ class _Section:
         """(key, value) pairs as files spell them, in order."""
         for f in dataclasses.fields(self):
             yield f.name, getattr(self, f.name)
+
+#: ``model.pretrained`` for the embedded base model (:mod:`geomix.basemodel`), the default starting point.
+EMBEDDED_BASE = "embedded-base"
+
+#: Settings that change where and how a trial runs, not what it computes (threads, progress bar, logging
+#: cadence, output and cache folders): left out of a trial's identity and of "same config" comparisons.
+RUN_ONLY: frozenset[str] = frozenset({
+    "run.threads", "run.progress", "run.log_every", "run.out_dir", "run.resume", "model.cache_dir",
+    "data.loader_workers",
+})

@@ -1,0 +1,174 @@
+"""Trial identity: a results folder belongs to one sweep. An identical rerun reuses every trial, an added seed
+runs only that seed, any other change is refused before Ray starts (naming the keys), --overwrite keeps the
+old folder, and a second driver on the same folder is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+import pytest
+
+import store
+from sweeps import ablation, folder, identity
+from sweeps.spec import SweepSpec, resolve_trial, trial_config
+
+BASE = {"data": {"train_size": 64, "val_size": 32, "test_size": 32}, "optim": {"epochs": 2, "batch_size": 32},
+        "model": {"name": "geomix-micro"}}
+METHODS = {"ft": {}, "m2_mix": {"loss.w_m2": 0.1}}
+
+
+def _spec(tmp_path, base=BASE, methods=METHODS) -> SweepSpec:
+    return SweepSpec(name="ident", base=base, results=str(tmp_path / "res"), storage=str(tmp_path / "ray"),
+                     methods=methods)
+
+
+def _trials(spec, seeds=(0,)):
+    return [trial_config(resolve_trial(spec, m, s)) for s in seeds for m in spec.methods]
+
+
+def _write_rows(spec, trials):
+    """Rows as a sweep writes them (through the store, so they come back through Parquet's types)."""
+    rows = [store.trial_row(sweep=spec.name, trial_id=f"t{i}", config=t["config"],
+                            result={"test_rsum": 100.0 + i, "trial_key": t["key"]}, env={})
+            for i, t in enumerate(trials)]
+    store.write_rows(spec.results, "trials", rows)
+    return folder.existing_rows(spec.results)
+
+
+def _resolver(spec):
+    return lambda method, seed: resolve_trial(spec, method, seed) if method in spec.methods else None
+
+
+def test_an_identical_rerun_reuses_every_trial(tmp_path):
+    spec = _spec(tmp_path)
+    wanted = _trials(spec, seeds=(0, 1))
+    rows = _write_rows(spec, wanted)
+    got = identity.plan(wanted, rows, _resolver(spec), spec.results)
+    assert got.todo == [] and got.reused == 4 and got.existing == 4
+    assert {r["trial_key"] for r in rows} == {t["key"] for t in wanted}  # the key is the row's column
+
+
+def test_an_added_seed_or_method_runs_only_the_new_trials(tmp_path):
+    spec = _spec(tmp_path)
+    rows = _write_rows(spec, _trials(spec, seeds=(0,)))
+    wider = _spec(tmp_path, methods={**METHODS, "m3_w1": {"loss.w_m2": 1.0, "loss.w_vl": 1.0}})
+    got = identity.plan(_trials(wider, seeds=(0, 1)), rows, _resolver(wider), spec.results)
+    assert sorted((t["method"], t["seed"]) for t in got.todo) == [
+        ("ft", 1), ("m2_mix", 1), ("m3_w1", 0), ("m3_w1", 1)]
+    assert got.reused == 2
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"base": {**BASE, "optim": {"epochs": 3, "batch_size": 32}}}, "optim.epochs: 2 -> 3"),
+    ({"methods": {"ft": {}, "m2_mix": {"loss.w_m2": 0.2}}}, "loss.w_m2: 0.1 -> 0.2"),
+])
+def test_a_changed_base_or_method_row_is_refused_naming_the_key(tmp_path, change, named):
+    spec = _spec(tmp_path)
+    rows = _write_rows(spec, _trials(spec))
+    changed = dataclasses.replace(spec, **change)
+    with pytest.raises(identity.SweepChanged) as err:
+        identity.plan(_trials(changed), rows, _resolver(changed), spec.results)
+    msg = str(err.value)
+    assert named in msg and "--overwrite" in msg and "new --results" in msg
+
+
+def test_a_method_the_sweep_no_longer_defines_is_refused(tmp_path):
+    spec = _spec(tmp_path)
+    rows = _write_rows(spec, _trials(spec))
+    smaller = _spec(tmp_path, methods={"ft": {}})
+    with pytest.raises(identity.SweepChanged, match="method 'm2_mix' .* which this sweep does not define"):
+        identity.plan(_trials(smaller), rows, _resolver(smaller), spec.results)
+
+
+def test_run_only_settings_are_not_part_of_the_identity(tmp_path):
+    spec = _spec(tmp_path)
+    cfg = resolve_trial(spec, "ft", 0)
+    other = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=1, log_every=3),
+                                model=dataclasses.replace(cfg.model, cache_dir="/elsewhere"))
+    assert identity.trial_key(other) == identity.trial_key(cfg)
+    assert identity.trial_key(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=1))) != \
+        identity.trial_key(cfg)
+
+
+def test_ablation_refuses_before_ray_and_overwrite_keeps_the_old_folder(tmp_path, tiny_overrides):
+    res = tmp_path / "res"
+    args = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *tiny_overrides])
+    spec, _, _, trials = ablation.build(args)
+    _write_rows(spec, trials)
+    assert ablation.check_folder(args, spec, trials).todo == []  # the same command: nothing to run
+    changed = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *tiny_overrides,
+                                   "optim.epochs=3"])
+    spec2, _, _, trials2 = ablation.build(changed)
+    with pytest.raises(identity.SweepChanged, match="optim.epochs: 2 -> 3"):
+        ablation.check_folder(changed, spec2, trials2)
+    import ray
+
+    assert not ray.is_initialized()  # refused before Ray started
+    changed.overwrite = True
+    assert len(ablation.check_folder(changed, spec2, trials2).todo) == 1
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("res.old-")]
+    assert len(moved) == 1 and len(store.read_results(str(moved[0]))[0]) == 1  # kept, rows intact
+    assert not res.exists()
+
+
+def test_search_resumes_only_the_same_search(tmp_path):
+    saved = {"name": "s", "base": {"optim": {"epochs": 4}}, "search": {"num_samples": 16, "terms": ["m2"]}}
+    identity.check_saved(None, saved, "r")  # a fresh folder
+    identity.check_saved(saved, dict(saved), "r")
+    with pytest.raises(identity.SweepChanged, match=r"search.num_samples: 16 -> 32"):
+        identity.check_saved(saved, {**saved, "search": {"num_samples": 32, "terms": ["m2"]}}, "r")
+
+
+def test_a_second_driver_on_one_folder_is_refused(tmp_path):
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with folder.hold(str(tmp_path)):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(ValueError, match=rf"another sweep \(pid {os.getpid()}\) is writing into it"):
+            with folder.hold(str(tmp_path)):
+                pass
+    finally:
+        release.set()
+        t.join()
+    with folder.hold(str(tmp_path)):  # free again once the first has ended
+        time.sleep(0)
+
+
+def test_the_saved_config_of_an_extended_ablation_is_the_union():
+    old = {"name": "a", "seeds": [0, 1], "base": {}, "methods": {"ft": {}, "zs": {}}}
+    new = {"name": "a", "seeds": [2], "base": {}, "methods": {"ft": {}, "m3_w1": {"loss.w_m2": 1.0}}}
+    merged = folder.union_config(old, new)
+    assert merged["seeds"] == [0, 1, 2] and list(merged["methods"]) == ["ft", "zs", "m3_w1"]
+
+
+@pytest.mark.slow
+def test_rerun_reuses_and_an_added_seed_runs_alone_through_the_command_line(tmp_path, tiny_overrides, capsys):
+    """Real (tiny) trials: the same command again runs nothing and starts no Ray; adding a seed runs only
+    that seed, in its own Tune experiment, and the first trial's row is untouched."""
+    res = tmp_path / "res"
+    argv = ["--methods", "ft", "--results", str(res), *tiny_overrides]
+    assert ablation.main([*argv, "--seeds", "0"]) == 0
+    first, _ = store.read_results(str(res))
+    assert len(first) == 1 and "(1 ran now, 0 reused" in capsys.readouterr().out
+    import ray
+
+    assert ablation.main([*argv, "--seeds", "0"]) == 0
+    assert "(0 ran now, 1 reused" in capsys.readouterr().out and not ray.is_initialized()
+    assert ablation.main([*argv, "--seeds", "0,1"]) == 0
+    assert "(1 ran now, 1 reused" in capsys.readouterr().out
+    trials, _ = store.read_results(str(res))
+    assert sorted(trials["seed"]) == [0, 1] and trials["trial_id"].is_unique
+    kept = trials[trials["seed"] == 0].iloc[0]
+    assert kept["trial_id"] == first.iloc[0]["trial_id"] and kept["rsum"] == first.iloc[0]["rsum"]
+    experiments = sorted(p.name for p in (res / "ray").iterdir() if p.name.startswith("ablation"))
+    assert len(experiments) == 2 and experiments[0] == "ablation" and experiments[1].startswith("ablation-")
