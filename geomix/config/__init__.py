@@ -18,16 +18,7 @@ from geomix.config.io import (
     to_dict,
 )
 from geomix.config.schema import (
-    EMBEDDED_BASE,
-    LAMBDA_POLICIES,
-    LOSS_KINDS,
-    MIX_GEOMETRIES,
-    PARTNER_POLICIES,
-    RUN_ONLY,
     SECTIONS,
-    SHAPE_STYLES,
-    WASSERSTEIN_ESTIMATORS,
-    WEIGHT_DECAYS,
     DataConfig,
     LambdaConfig,
     LossConfig,
@@ -36,6 +27,17 @@ from geomix.config.schema import (
     OptimConfig,
     RunConfig,
     TrainConfig,
+)
+from geomix.config.sections import (
+    EMBEDDED_BASE,
+    LAMBDA_POLICIES,
+    LOSS_KINDS,
+    MIX_GEOMETRIES,
+    PARTNER_POLICIES,
+    RUN_ONLY,
+    SHAPE_STYLES,
+    WASSERSTEIN_ESTIMATORS,
+    WEIGHT_DECAYS,
 )
 from geomix.dotted import flatten, merge, unflatten
 

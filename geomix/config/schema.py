@@ -20,14 +20,7 @@ from geomix import registry
 from geomix.checks import ConfigError, check_choice, check_range, fail
 from geomix.config.sections import (
     EMBEDDED_BASE,
-    LAMBDA_POLICIES,
-    LOSS_KINDS,
-    MIX_GEOMETRIES,
-    PARTNER_POLICIES,
-    RUN_ONLY,
     SHAPE_STYLES,
-    WASSERSTEIN_ESTIMATORS,
-    WEIGHT_DECAYS,
     DataSource,
     Decay,
     Device,
@@ -39,7 +32,6 @@ from geomix.config.sections import (
     PartnerPolicyName,
     Precision,
     _Section,
-    literal_choices,
 )
 
 
@@ -407,9 +399,6 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 __all__ = [
-    "EMBEDDED_BASE",
-    "RUN_ONLY",
     "ConfigError", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig", "ModelConfig", "OptimConfig",
-    "RunConfig", "TrainConfig", "SECTIONS", "LAMBDA_POLICIES", "PARTNER_POLICIES", "MIX_GEOMETRIES",
-    "WEIGHT_DECAYS", "LOSS_KINDS", "WASSERSTEIN_ESTIMATORS", "SHAPE_STYLES", "literal_choices",
+    "RunConfig", "TrainConfig", "SECTIONS",
 ]
