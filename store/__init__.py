@@ -15,7 +15,7 @@ column types), :mod:`.columns` (rows -> typed Arrow), :mod:`.parts` (the part fi
 
 from store.buffer import batched, flush
 from store.fs import has_file, save_file
-from store.io import keep_embeddings, read_results, save_resolved_config, write_rows
+from store.io import keep_embeddings, load_resolved_config, read_results, save_resolved_config, write_rows
 from store.rows import environment_info, history_rows, trial_row
 from store.schema import (
     CONFIG_FILE,
@@ -29,6 +29,7 @@ from store.schema import (
 
 __all__ = [
     "CONFIG_FILE", "EMBEDDINGS_DIR", "METRIC_COLUMNS", "SCHEMA_VERSION", "SPLITS", "STATUSES", "TABLES",
-    "batched", "environment_info", "flush", "has_file", "history_rows", "keep_embeddings", "read_results",
+    "batched", "environment_info", "flush", "has_file", "history_rows", "keep_embeddings",
+    "load_resolved_config", "read_results",
     "save_file", "save_resolved_config", "trial_row", "write_rows",
 ]

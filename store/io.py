@@ -32,7 +32,7 @@ from store.schema import CONFIG_FILE, SCHEMA_VERSION, SPLITS, STATUSES, TABLES, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_rows", "read_results", "save_resolved_config", "keep_embeddings"]
+__all__ = ["write_rows", "read_results", "save_resolved_config", "load_resolved_config", "keep_embeddings"]
 
 _clock = threading.Lock()
 _last_ns = 0
@@ -104,6 +104,16 @@ def write_rows(folder_or_uri: str | os.PathLike[str], table: str, rows: Sequence
 def save_resolved_config(folder_or_uri: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
     """Write the resolved sweep config as ``config.yaml`` beside the results (atomically)."""
     save_file(folder_or_uri, CONFIG_FILE, yaml.safe_dump(_plain(dict(config)), sort_keys=False).encode())
+
+
+def load_resolved_config(folder_or_uri: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``config.yaml`` :func:`save_resolved_config` wrote in the folder, or None when there is none."""
+    filesystem, folder = resolve(folder_or_uri)
+    path = f"{folder}/{CONFIG_FILE}"
+    if not exists(filesystem, path):
+        return None
+    with filesystem.open_input_stream(path) as src:
+        return yaml.safe_load(src.read().decode()) or {}
 
 
 def keep_embeddings(

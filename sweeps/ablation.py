@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+import store
 from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
-from sweeps.folder import existing_rows, hold, saved_config, union_config
+from sweeps.folder import existing_rows, hold, union_config
 from sweeps.identity import Plan, SweepChanged, move_aside, plan
 from sweeps.schema import load_sweep
 from sweeps.spec import SweepSpec, resolve_base, resolve_trial, trial_config
@@ -67,27 +68,32 @@ def parse_seeds(text: str | None, default: tuple[int, ...]) -> list[int]:
         raise ValueError(f"--seeds {text!r} is invalid: allowed comma-separated integers") from None
 
 
-def build(args: argparse.Namespace) -> tuple[SweepSpec, list[int], list[TrainConfig], list[dict[str, Any]]]:
-    """The spec, the seeds, and every trial's TrainConfig and trial config, resolved (so validated) here,
-    before Ray starts; seed by seed, methods within a seed (the order of the trial ids)."""
+def build(
+    args: argparse.Namespace,
+) -> tuple[SweepSpec, list[int], list[TrainConfig], list[dict[str, Any]], dict[str, Any]]:
+    """The spec, the seeds, every trial's TrainConfig and trial config, resolved (so validated) here, before
+    Ray starts (seed by seed, methods within a seed: the order of the trial ids), and all of the YAML's
+    method rows (``--methods`` may select fewer; the results folder is checked against all of them)."""
     sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
     spec = common.spec_from_args(args, sweep, methods=select_methods(sweep.methods, args.methods))
     seeds = parse_seeds(args.seeds, sweep.seeds)
     resolve_base(spec)  # a bad base override is named as the base's, not as the first method's
     rank = {m: i for i, m in enumerate(sweep.methods)}  # the analysis orders rows as the YAML does
     cfgs = [resolve_trial(spec, m, s) for s in seeds for m in spec.methods]
-    return spec, seeds, cfgs, [trial_config(c, method_rank=rank[c.method]) for c in cfgs]
+    trials = [trial_config(c, method_rank=rank[c.method]) for c in cfgs]
+    return spec, seeds, cfgs, trials, dict(sweep.methods)
 
 
-def check_folder(args: argparse.Namespace, spec: SweepSpec, trials: list[dict[str, Any]]) -> Plan:
+def check_folder(
+    args: argparse.Namespace, spec: SweepSpec, trials: list[dict[str, Any]], all_methods: dict[str, Any]
+) -> Plan:
     """Compare the wanted trials with the rows already in ``--results`` (before Ray starts): the plan of what
     runs now, or, with ``--overwrite``, the old folder moved aside first.
 
     Raises:
         SweepChanged: the folder holds another sweep's trials (the message names the keys that differ).
     """
-    sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
-    everything = dataclasses.replace(spec, methods=dict(sweep.methods))  # all of the YAML's rows
+    everything = dataclasses.replace(spec, methods=all_methods)
 
     def resolve(method: str, seed: int) -> TrainConfig | None:
         return resolve_trial(everything, method, seed) if method in everything.methods else None
@@ -105,18 +111,18 @@ def check_folder(args: argparse.Namespace, spec: SweepSpec, trials: list[dict[st
 def main(argv: list[str] | None = None) -> int:
     logs.setup("%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    spec, seeds, cfgs, trials = build(args)  # every config error surfaces here, before Ray starts
+    spec, seeds, cfgs, trials, all_methods = build(args)  # every config error surfaces here, before Ray
     with hold(spec.results):
-        todo = check_folder(args, spec, trials)  # a results folder of another sweep: refused, before Ray
+        todo = check_folder(args, spec, trials, all_methods)  # another sweep's folder: refused, before Ray
         # Imported only now: Ray takes seconds to import, and a bad argument must fail at once.
-        import store
         from sweeps.runner import experiment_for, resume_unfinished, run_sweep
         from sweeps.session import ray_session
 
         t0 = time.perf_counter()
         config = {"name": spec.name, "seeds": seeds, "base": dict(spec.base),
                   "methods": {k: dict(v) for k, v in spec.methods.items()}}
-        store.save_resolved_config(spec.results, union_config(saved_config(spec.results), config))
+        saved = store.load_resolved_config(spec.results)
+        store.save_resolved_config(spec.results, union_config(saved, config))
         log.info("sweep %s: %d trials, %d already in %s, %d to run", spec.name, len(trials), todo.reused,
                  spec.results, len(todo.todo))
         if todo.todo:

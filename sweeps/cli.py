@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+import store
 from geomix.config import EMBEDDED_BASE, TrainConfig
 from store.fs import join
 from sweeps.schema import SweepFile
@@ -102,7 +103,6 @@ def print_summary(spec: SweepSpec, n_trials: int, wall: float, *, reused: int = 
 
 def print_search_summary(spec: SweepSpec, wall: float) -> None:
     """The end of a search: trials by status, where the Optuna study is, the five best trials."""
-    import store
     from sweeps.searchers import optuna_db
 
     trials, _ = store.read_results(spec.results)

@@ -14,12 +14,10 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import yaml
-
-from store import CONFIG_FILE, read_results
+from store import read_results
 from store.fs import exists, resolve
 
-__all__ = ["existing_rows", "saved_config", "hold"]
+__all__ = ["existing_rows", "union_config", "hold"]
 
 LOCK_FILE = ".sweep.lock"
 
@@ -36,16 +34,6 @@ def existing_rows(results: str) -> list[dict[str, Any]]:
             return []
         raise
     return trials.to_dict("records")
-
-
-def saved_config(results: str) -> dict[str, Any] | None:
-    """The sweep config saved as ``config.yaml`` in ``results`` by an earlier run, or None."""
-    filesystem, folder = resolve(results)
-    path = f"{folder}/{CONFIG_FILE}"
-    if not exists(filesystem, path):
-        return None
-    with filesystem.open_input_stream(path) as src:
-        return yaml.safe_load(src.read().decode()) or {}
 
 
 def union_config(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+import store
 from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
 from sweeps import space
-from sweeps.folder import hold, saved_config
+from sweeps.folder import hold
 from sweeps.identity import SweepChanged, check_saved, move_aside
 from sweeps.schema import SearchSettings, load_sweep
 from sweeps.spec import SweepSpec, resolve_base, resolve_trial
@@ -67,13 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     config = {"name": spec.name, "base": dict(spec.base), "search": s.to_dict()}
     with hold(spec.results):
         try:  # re-running the same search resumes it; another search is refused before Ray starts
-            check_saved(saved_config(spec.results), config, spec.results)
+            check_saved(store.load_resolved_config(spec.results), config, spec.results)
         except SweepChanged:
             if not args.overwrite:
                 raise
             log.warning("--overwrite: moved the old results folder to %s", move_aside(spec.results))
         # Imported only now: Ray and Optuna take seconds to import, and a bad argument must fail at once.
-        import store
         from sweeps.runner import run_sweep
         from sweeps.searchers import make_asha, make_searcher
         from sweeps.session import ray_session

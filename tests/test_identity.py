@@ -96,19 +96,19 @@ def test_run_only_settings_are_not_part_of_the_identity(tmp_path):
 def test_ablation_refuses_before_ray_and_overwrite_keeps_the_old_folder(tmp_path, tiny_overrides):
     res = tmp_path / "res"
     args = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *tiny_overrides])
-    spec, _, _, trials = ablation.build(args)
+    spec, _, _, trials, rows = ablation.build(args)
     _write_rows(spec, trials)
-    assert ablation.check_folder(args, spec, trials).todo == []  # the same command: nothing to run
+    assert ablation.check_folder(args, spec, trials, rows).todo == []  # the same command: nothing to run
     changed = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *tiny_overrides,
                                    "optim.epochs=3"])
-    spec2, _, _, trials2 = ablation.build(changed)
+    spec2, _, _, trials2, rows2 = ablation.build(changed)
     with pytest.raises(identity.SweepChanged, match="optim.epochs: 2 -> 3"):
-        ablation.check_folder(changed, spec2, trials2)
+        ablation.check_folder(changed, spec2, trials2, rows2)
     import ray
 
     assert not ray.is_initialized()  # refused before Ray started
     changed.overwrite = True
-    assert len(ablation.check_folder(changed, spec2, trials2).todo) == 1
+    assert len(ablation.check_folder(changed, spec2, trials2, rows2).todo) == 1
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("res.old-")]
     assert len(moved) == 1 and len(store.read_results(str(moved[0]))[0]) == 1  # kept, rows intact
     assert not res.exists()

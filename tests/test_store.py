@@ -390,6 +390,7 @@ def test_resolved_config_round_trip(tmp_path):
     R.save_resolved_config(tmp_path, {"sweep": "s", "methods": ("ft", "zs"), "loss": {"tau": None}})
     saved = yaml.safe_load((tmp_path / R.CONFIG_FILE).read_text())
     assert saved == {"sweep": "s", "methods": ["ft", "zs"], "loss": {"tau": None}}
+    assert R.load_resolved_config(tmp_path) == saved and R.load_resolved_config(tmp_path / "none") is None
 
 
 def test_import_store_does_not_import_torch():

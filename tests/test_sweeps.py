@@ -110,7 +110,7 @@ def test_grid_keeps_the_trial_order_and_carries_each_resolved_config():
     spec = SweepSpec(name="t", base={}, results="/unused", storage="/unused",
                      methods={"ft": {}, "v_mix": {"loss.w_v": 0.05}, "zs": {}})
     # the ablation lists its trials in Tune's order for a methods x seeds grid: method fastest
-    _, _, cfgs, _ = ablation.build(ablation.parse_args(["--seeds", "0,1"]))
+    _, _, cfgs, _, _ = ablation.build(ablation.parse_args(["--seeds", "0,1"]))
     methods = list(load_sweep(ablation.DEFAULT_CONFIG).methods)
     assert [(c.method, c.run.seed) for c in cfgs] == [(m, s) for s in (0, 1) for m in methods]
     trials = [trial_config(resolve_trial(spec, m, s), method_rank=r)
