@@ -74,8 +74,11 @@ def _geomix_rates(overrides: list[str], batch: int, steps: int, model: str) -> l
     return [batch / dt for dt in dts]
 
 
-def _open_clip_rates(csv: Path, batch: int, steps: int, model: str, logs: Path) -> list[float]:
-    """Samples/s of every step after the first that open_clip_train prints."""
+def _open_clip_rates(
+    csv: Path, batch: int, steps: int, model: str, logs: Path, precision: str = "fp32"
+) -> list[float]:
+    """Samples/s of every step after the first that open_clip_train prints (``precision``: its
+    ``--precision``, e.g. ``amp_bf16`` against geomix's ``run.precision=bf16``)."""
     code = (
         "import sys, geomix.models as m; m.register_tiny_configs(); from open_clip_train.main import main; "
         "main(sys.argv[1:])"
@@ -109,7 +112,7 @@ def _open_clip_rates(csv: Path, batch: int, steps: int, model: str, logs: Path) 
         "--warmup",
         "1",
         "--precision",
-        "fp32",
+        precision,
         "--logs",
         str(logs),
         "--name",
