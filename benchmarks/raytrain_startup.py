@@ -14,7 +14,8 @@ Phases of the Ray Train path (wall-clock stamps from the driver and the worker, 
   checkpoints), also timed in-process for comparison;
 - ``shutdown``: the training function returned -> ``fit()`` returned (results, worker group teardown).
 
-The fixed cost is the Ray Train wall time minus the in-process trial's.
+The fixed cost is the Ray Train wall time minus the in-process trial's. Two variants side by side: Ray's
+default Train settings, and the ones ``sweeps.raytrain.fit`` sets (``raytrain.TRAIN_ENV``).
 """
 
 from __future__ import annotations
@@ -66,18 +67,22 @@ def probed_loop(config: dict) -> None:
     _stamp(stamps, "loop_end")
 
 
-def one_raytrain(cfg: C.TrainConfig, tmp: Path, i: int) -> dict[str, float]:
+def one_raytrain(cfg: C.TrainConfig, tmp: Path, i: int, env: dict[str, str]) -> dict[str, float]:
+    """One 1-worker run, its phases; ``env``: the Train settings of the driver (Ray's defaults when empty)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    stamps = tmp / f"stamps{i}"
+    for key in raytrain.TRAIN_ENV:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    stamps = tmp / f"stamps{i}-{len(env)}"
     stamps.mkdir()
     cfg_dict = C.to_dict(cfg)
     cfg_dict["stamps"] = str(stamps)
     trainer = TorchTrainer(
         probed_loop, train_loop_config=cfg_dict, torch_config=TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False),
-        run_config=ray.train.RunConfig(name=f"probe{i}", storage_path=str(tmp / "ray"),
+        run_config=ray.train.RunConfig(name=f"probe{i}-{len(env)}", storage_path=str(tmp / "ray"),
                                        failure_config=ray.train.FailureConfig(controller_failure_limit=0)),
     )
     t_call = time.time()
@@ -113,23 +118,26 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         session.start_ray("local", num_cpus=2)
         ray_start = time.perf_counter() - t0
-        phases: list[dict[str, float]] = []
+        variants = {"Ray's defaults": {}, "raytrain.fit's": dict(raytrain.TRAIN_ENV)}
+        phases: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
         inproc: list[float] = []
-        for i in range(args.repeats):  # interleaved, so load drift hits both paths alike
+        for i in range(args.repeats):  # interleaved, so load drift hits every path alike
             inproc.append(one_inproc(cfg))
-            phases.append(one_raytrain(cfg, tmp, i))
+            for name, env in variants.items():
+                phases[name].append(one_raytrain(cfg, tmp, i, env))
         import ray
 
         ray.shutdown()
-    med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     base_s = statistics.median(inproc)
     print(f"\n1-worker Ray Train trial vs in-process, {args.repeats} interleaved repeats, medians; "
           f"Ray start-up {ray_start:.1f} s (once per sweep, not below)")
-    print(f"{'phase':<28}{'s':>8}")
-    for k, v in med.items():
-        print(f"{k:<28}{v:>8.1f}")
-    print(f"{'in-process trial':<28}{base_s:>8.1f}")
-    print(f"{'fixed cost (total - in-process)':<28}{med['total'] - base_s:>8.1f}")
+    print(f"{'phase':<32}" + "".join(f"{k:>18}" for k in variants))
+    med = {name: {k: statistics.median(p[k] for p in runs) for k in runs[0]} for name, runs in phases.items()}
+    for k in med[next(iter(variants))]:
+        print(f"{k:<32}" + "".join(f"{m[k]:>18.1f}" for m in med.values()))
+    print(f"{'in-process trial':<32}" + f"{base_s:>18.1f}" * len(variants))
+    print(f"{'fixed cost (total - in-process)':<32}" + "".join(f"{m['total'] - base_s:>18.1f}"
+                                                            for m in med.values()))
     return 0
 
 

@@ -7,10 +7,17 @@ dotted section in front of the field (``mix.v.alpha``), so the message always na
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["ConfigError", "fail", "check_choice", "check_range"]
+__all__ = [
+    "ConfigError", "fail", "check_choice", "check_range", "check_seed", "check_writable_dir", "MAX_SEED",
+]
+
+#: The largest seed: torch's generators take a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -58,3 +65,23 @@ def check_range(
         fail(name, value, allowed)
     if hi is not None and (value > hi or (hi_open and value == hi)):
         fail(name, value, allowed)
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed: an integer in ``[0, MAX_SEED]`` (what ``torch.manual_seed`` takes without overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        fail(name, value, "an integer in [0, 2**63 - 1]")
+
+
+def check_writable_dir(name: str, path: str | os.PathLike[str]) -> None:
+    """Check that ``path`` is a folder this process can create or write, without creating it: the folder
+    itself, or its nearest existing parent, must be a writable folder. URIs (``s3://``) are not checked."""
+    text = os.fspath(path)
+    if "://" in text:
+        return
+    p = Path(text).expanduser().absolute()
+    existing = next(q for q in (p, *p.parents) if q.exists() or q == q.parent)
+    if not existing.is_dir():
+        fail(name, text, f"a folder path ({str(existing)!r} is a file, not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(name, text, f"a folder this user can write ({str(existing)!r} is not writable)")

@@ -98,13 +98,7 @@ def create(cfg: ModelConfig, *, device: str | torch.device = "cpu") -> tuple[nn.
             "or a checkpoint path; the embedded base model is geomix.basemodel.starting_model's"
         )
     if pretrained is not None and not Path(pretrained).is_file():
-        tags = open_clip.list_pretrained_tags_by_model(cfg.name)
-        if pretrained not in tags:
-            raise ValueError(
-                f"model.pretrained={pretrained!r} is invalid: it is not a checkpoint file and not a "
-                f"pretrained tag of {cfg.name!r}; allowed are None, {EMBEDDED_BASE!r}, a local checkpoint "
-                f"path, or one of the tags {sorted(tags) or '(none for this model)'}"
-            )
+        _check_tag(cfg)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 cfg.name, pretrained=pretrained, device=device
@@ -120,6 +114,29 @@ def create(cfg: ModelConfig, *, device: str | torch.device = "cpu") -> tuple[nn.
     if pretrained is not None:
         load_checkpoint(model, pretrained)
     return model, preprocess, tokenizer
+
+
+def check(cfg: ModelConfig) -> None:
+    """Check ``cfg`` without building anything: ``model.name`` is an open_clip model and ``model.pretrained``
+    is None, ``'embedded-base'``, an existing file or a pretrained tag of that model (whether a file is a
+    checkpoint of this model is known only when :func:`load_checkpoint` reads it).
+
+    Raises:
+        ValueError: naming ``model.name`` or ``model.pretrained`` and what is allowed.
+    """
+    _check_name(cfg)
+    if cfg.pretrained not in (None, EMBEDDED_BASE) and not Path(cfg.pretrained).is_file():
+        _check_tag(cfg)
+
+
+def _check_tag(cfg: ModelConfig) -> None:
+    tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+    if cfg.pretrained not in tags:
+        raise ValueError(
+            f"model.pretrained={cfg.pretrained!r} is invalid: it is not a checkpoint file and not a "
+            f"pretrained tag of {cfg.name!r}; allowed are None, {EMBEDDED_BASE!r}, a local checkpoint "
+            f"path, or one of the tags {sorted(tags) or '(none for this model)'}"
+        )
 
 
 def _check_name(cfg: ModelConfig) -> None:
@@ -162,9 +179,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:120]  # torch's messages run over several lines
         raise ValueError(
             f"model.pretrained={path!r} is invalid: could not read it as a torch checkpoint "
-            f"({type(e).__name__}: {e}); allowed is a file written by torch.save(state_dict)"
+            f"({type(e).__name__}: {reason}); allowed is a file written by torch.save(state_dict)"
         ) from e
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

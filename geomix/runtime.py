@@ -24,7 +24,8 @@ def dist_context() -> tuple[int, int]:
 def device_for(name: str, rank: int) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("run.device='cuda' is invalid here: allowed 'auto' or 'cpu' (no CUDA device)")
+            raise ValueError("run.device='cuda' is invalid: allowed 'auto' or 'cpu' on this machine, which "
+                             "has no CUDA device")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -80,5 +81,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if device.type != "cuda":
-        raise ValueError(f"run.precision={precision!r} is invalid on the CPU: allowed are 'auto' or 'fp32'")
+        raise ValueError(f"run.precision={precision!r} is invalid on the CPU: allowed 'auto' or 'fp32' (bf16 "
+                         "and fp16 autocast are for CUDA devices)")
     return torch.bfloat16 if precision == "bf16" else torch.float16

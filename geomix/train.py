@@ -1,7 +1,8 @@
 """One trial from a :class:`~geomix.config.TrainConfig`, standalone or as a Ray Train worker.
 
 :func:`run` builds the starting model (:mod:`geomix.basemodel`), runs the loop (:class:`geomix.loop.Trainer`)
-and returns the summary; ``python -m geomix.train --config FILE key=value ...`` is its command line.
+and returns the summary; ``python -m geomix.train --config FILE key=value ...`` is its command line. Torch
+and the loop are imported when a trial is checked or run, so a bad command line fails at once.
 """
 
 from __future__ import annotations
@@ -16,27 +17,76 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from geomix import atomic, basemodel, checkpoints, logs, registry
-from geomix.config import MixConfig, TrainConfig, load_config, load_yaml, save_config, to_dict
-from geomix.loop import Hooks, Trainer
-from geomix.runtime import device_for, dist_context
+from geomix import atomic, logs, registry
+from geomix.checks import check_writable_dir, fail
+from geomix.config import EMBEDDED_BASE, MixConfig, TrainConfig, load_config, load_yaml, save_config, to_dict
+
+if TYPE_CHECKING:
+    from geomix.loop import Hooks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hooks", "run", "method_name", "summary_table", "validation_line", "main"]
+__all__ = ["Hooks", "check_trial", "run", "method_name", "summary_table", "validation_line", "main"]
 
 
-def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
+def __getattr__(name: str) -> Any:
+    if name == "Hooks":  # re-exported from geomix.loop, which imports torch: only when asked for
+        from geomix.loop import Hooks
+
+        return Hooks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_trial(cfg: TrainConfig, *, here: bool = True) -> dict[str, int]:
+    """Check what a valid config can still get wrong, before any expensive work: the data (every file, row
+    and image, no image in two splits: :func:`geomix.data.validate_data`), a batch no larger than the
+    training set, the model name and weights, and that the cache and output folders can be written.
+
+    Args:
+        cfg: the trial config.
+        here: also check the device and precision: true in the process that runs the trial, false on a
+            sweep's driver (its trials may run on other machines).
+
+    Returns:
+        Image counts per split (and ``skipped``), as :func:`geomix.data.validate_data`.
+
+    Raises:
+        ValueError: naming the field or file and what is allowed.
+    """
+    from geomix import basemodel, models
+    from geomix import data as gdata
+    from geomix.runtime import autocast_dtype, device_for
+
+    models.check(cfg.model)
+    if cfg.model.pretrained == EMBEDDED_BASE:
+        if cfg.data.source != "shapes":
+            fail("model.pretrained", EMBEDDED_BASE, f"None, a tag or a checkpoint path with data.source="
+                 f"{cfg.data.source!r} (the embedded base model needs the embedded data)")
+        if not basemodel.base_path(cfg.model, cfg.data).is_file():
+            check_writable_dir("model.cache_dir", cfg.model.cache_dir)
+    if cfg.run.out_dir:
+        check_writable_dir("run.out_dir", cfg.run.out_dir)
+    if here:
+        autocast_dtype(cfg.run.precision, device_for(cfg.run.device, 0))
+    counts = gdata.validate_data(cfg.data)  # the expensive part (every image of a file data set) last
+    if cfg.optim.batch_size > counts["train"]:
+        fail("optim.batch_size", cfg.optim.batch_size, f"at most the training set size {counts['train']} "
+             "(every step takes one full batch)")
+    return counts
+
+
+def run(cfg: TrainConfig, *, hooks: Hooks | None = None, checked: bool = False) -> dict[str, Any]:
     """Run one trial: build model, data and loss, train, evaluate, checkpoint; return the summary.
 
     Args:
         cfg: the validated trial config.
         hooks: optional reporting / resume hooks (see :class:`Hooks`).
+        checked: the caller has run :func:`check_trial` on ``cfg`` in this process (the command line does,
+            before it prints the config); otherwise the data is validated here.
 
     Returns:
         ``status`` ("completed" | "diverged"), ``error`` (None or the message naming term and step),
@@ -44,7 +94,12 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
         diverged), ``start_test_<metric>`` with ``run.eval_start``, ``steps``, ``samples_seen``, ``wall_s``,
         ``samples_per_s``, ``device``, ``num_workers``, ``node_ids``.
     """
+    import torch
+
+    from geomix import basemodel
     from geomix import data as gdata
+    from geomix.loop import Trainer
+    from geomix.runtime import device_for, dist_context
 
     t_start = time.perf_counter()
     rank, world = dist_context()
@@ -53,7 +108,8 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None) -> dict[str, Any]:
             f"optim.batch_size={cfg.optim.batch_size} is invalid with {world} workers: allowed is a multiple "
             "of the number of workers (each takes an equal slice of the global batch)"
         )
-    gdata.validate_data(cfg.data)
+    if not checked:
+        gdata.validate_data(cfg.data)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = device_for(cfg.run.device, rank)
@@ -172,6 +228,8 @@ def _saved_line(cfg: TrainConfig) -> str:
     root = Path(out)
     saved = [str(root / name) for name in ("config.yaml", "result.json") if (root / name).is_file()]
     saved += [str(p) for p in sorted(root.glob("embeddings_*.npz"))]
+    from geomix import checkpoints
+
     ckpt = checkpoints.latest(out)
     if ckpt:
         saved.append(f"checkpoint {ckpt}")
@@ -195,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if not _sets_method(args.config, overrides):
             cfg = dataclasses.replace(cfg, method=method_name(cfg))
+        check_trial(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -205,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"method {cfg.method}: resolved config\n")
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    result = run(cfg, hooks=_ConsoleHooks())
+    try:
+        result = run(cfg, hooks=_ConsoleHooks(), checked=True)
+    except ValueError as e:  # found only while building: a file that is not a checkpoint, an image that
+        print(f"error: {e}", file=sys.stderr)  # does not decode; geomix names the field or file
+        return 2
     print(summary_table(result))
     print(_saved_line(cfg))
     return 0 if result["status"] == "completed" else 1

@@ -18,7 +18,10 @@ from pyarrow import fs as pafs
 
 from geomix import atomic
 
-__all__ = ["resolve", "exists", "write_bytes", "save_file", "has_file", "join"]
+__all__ = ["resolve", "exists", "write_bytes", "save_file", "has_file", "join", "uri", "move"]
+
+#: pyarrow file system type -> the URI scheme a user writes (a local path is shown as it is).
+_SCHEMES = {"s3": "s3", "gcs": "gs"}
 
 
 def resolve(folder_or_uri: str | os.PathLike[str]) -> tuple[Any, str]:
@@ -35,6 +38,24 @@ def resolve(folder_or_uri: str | os.PathLike[str]) -> tuple[Any, str]:
 def join(root: str, name: str) -> str:
     """``root/name`` for a local folder (made absolute) or a URI."""
     return root.rstrip("/") + "/" + name if "://" in root else os.path.join(os.path.abspath(root), name)
+
+
+def uri(filesystem: Any, path: str) -> str:
+    """``path`` on ``filesystem`` as a user would write it: a local path, or ``s3://`` / ``gs://`` + path."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return path
+    scheme = _SCHEMES.get(filesystem.type_name, filesystem.type_name)
+    return f"{scheme}://{path}"
+
+
+def move(filesystem: Any, src: str, dst: str) -> None:
+    """Move a file (a rename on a local disk; a copy and a delete where the store has no move)."""
+    filesystem.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+    try:
+        filesystem.move(src, dst)
+    except NotImplementedError:  # pyarrow's ArrowNotImplementedError subclasses it
+        filesystem.copy_file(src, dst)
+        filesystem.delete_file(src)
 
 
 def exists(filesystem: Any, path: str, kind: str = "file") -> bool:

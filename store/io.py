@@ -6,7 +6,8 @@ calls share a part (:mod:`store.buffer`). :func:`read_results` reads each table 
 of all its parts and keeps, per key, the row written last (the largest ``written_at``), so a resumed sweep
 never duplicates or drops a trial. Two drivers can write into one folder: part names never collide, so
 nothing is lost. Readers check ``schema_version`` and say clearly when a folder is too old or too new; a
-version-1 folder (one ``<table>.parquet``, written by an older geomix) is still read.
+version-1 folder (one ``<table>.parquet``, written by an older geomix) is still read. A damaged file is
+named, never skipped in silence (:class:`store.parts.DamagedFile`).
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def read_results(*folders: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Dat
     Raises:
         ValueError: no folder given, a missing folder, a folder without results, an empty trials table,
             or a ``schema_version`` this code does not read.
+        store.DamagedFile: a file of a table cannot be read (truncated, overwritten, a page checksum that
+            fails); it names the file, and ``store.set_aside`` moves it out of the way.
     """
     if not folders:
         raise ValueError("read_results needs at least one results folder: allowed are paths or URIs")

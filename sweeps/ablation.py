@@ -23,12 +23,13 @@ from typing import Any, NoReturn
 
 import store
 from geomix import logs
+from geomix.checks import MAX_SEED
 from geomix.config import TrainConfig
 from sweeps import cli as common
-from sweeps.folder import existing_rows, hold, union_config
+from sweeps.folder import check_private, existing_rows, hold, union_config
 from sweeps.identity import Plan, SweepChanged, move_aside, plan
 from sweeps.schema import load_sweep
-from sweeps.spec import SweepSpec, resolve_base, resolve_trial, trial_config
+from sweeps.spec import SweepSpec, check_before_ray, check_flags, resolve_base, resolve_trial, trial_config
 
 log = logging.getLogger("sweeps.ablation")
 
@@ -44,17 +45,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", help="comma-separated subset of the config's method rows")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     common.add_ray_arguments(parser)
-    return parser.parse_args(argv)
+    return common.parse(parser, argv)
 
 
 def select_methods(rows: Mapping[str, Any], wanted: str | None) -> dict[str, Any]:
-    """The method rows ``--methods`` names (in its order), or all of them."""
+    """The method rows ``--methods`` names (in its order), or all of them when it is not given.
+
+    Raises:
+        ValueError: an empty ``--methods``, a name that is not a row, or a name given twice.
+    """
     methods = dict(rows)
-    if wanted:
-        names = [m.strip() for m in wanted.split(",") if m.strip()]
+    if wanted is not None:
+        names = [m.strip() for m in wanted.split(",")]
+        if not any(names):
+            raise ValueError(f"--methods={wanted!r} is invalid: allowed a comma-separated subset of "
+                             f"{', '.join(methods) or '(no rows)'}")
+        names = [m for m in names if m]
         missing = [m for m in names if m not in methods]
         if missing:
             raise ValueError(f"--methods {','.join(missing)} is invalid: allowed {', '.join(methods)}")
+        twice = sorted({m for m in names if names.count(m) > 1})
+        if twice:
+            raise ValueError(f"--methods={wanted!r} is invalid: allowed each method once ({', '.join(twice)} "
+                             "given twice)")
         methods = {m: methods[m] for m in names}
     if not methods:
         raise ValueError("methods={} is invalid: allowed is at least one method row")
@@ -62,10 +75,21 @@ def select_methods(rows: Mapping[str, Any], wanted: str | None) -> dict[str, Any
 
 
 def parse_seeds(text: str | None, default: tuple[int, ...]) -> list[int]:
+    """``--seeds 0,1,2`` (default: the sweep YAML's seeds).
+
+    Raises:
+        ValueError: an empty list, a seed that is not an integer in ``[0, 2**63 - 1]``, or one given twice.
+    """
+    if text is None:
+        return list(default)
+    allowed = "comma-separated distinct integers in [0, 2**63 - 1]"
     try:
-        return [int(s) for s in text.split(",")] if text else list(default)
+        seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds {text!r} is invalid: allowed comma-separated integers") from None
+        raise ValueError(f"--seeds {text!r} is invalid: allowed {allowed}") from None
+    if not all(0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {text!r} is invalid: allowed {allowed}")
+    return seeds
 
 
 def build(
@@ -74,12 +98,14 @@ def build(
     """The spec, the seeds, every trial's TrainConfig and trial config, resolved (so validated) here, before
     Ray starts (seed by seed, methods within a seed: the order of the trial ids), and all of the YAML's
     method rows (``--methods`` may select fewer; the results folder is checked against all of them)."""
+    check_flags(args)
     sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
     spec = common.spec_from_args(args, sweep, methods=select_methods(sweep.methods, args.methods))
     seeds = parse_seeds(args.seeds, sweep.seeds)
     resolve_base(spec)  # a bad base override is named as the base's, not as the first method's
     rank = {m: i for i, m in enumerate(sweep.methods)}  # the analysis orders rows as the YAML does
     cfgs = [resolve_trial(spec, m, s) for s in seeds for m in spec.methods]
+    check_before_ray(spec, cfgs)  # data files, batch size vs training set, model, writable folders
     trials = [trial_config(c, method_rank=rank[c.method]) for c in cfgs]
     return spec, seeds, cfgs, trials, dict(sweep.methods)
 
@@ -114,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, seeds, cfgs, trials, all_methods = build(args)  # every config error surfaces here, before Ray
     with hold(spec.results):
         todo = check_folder(args, spec, trials, all_methods)  # another sweep's folder: refused, before Ray
+        check_private(spec.storage)  # Ray unpickles its state on resume: refused if others can write it
         # Imported only now: Ray takes seconds to import, and a bad argument must fail at once.
         from sweeps.runner import experiment_for, resume_unfinished, run_sweep
         from sweeps.session import ray_session

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import store
 from geomix.config import EMBEDDED_BASE, TrainConfig
 from store.fs import join
+from sweeps import tracking
 from sweeps.schema import SweepFile
 from sweeps.spec import SweepSpec
 
@@ -51,9 +52,23 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="the results folder holds another sweep: move it aside (to "
                         "<results>.old-<time>, never deleted) and start afresh")
+    parser.add_argument("--mlflow", nargs="?", const=tracking.BARE, metavar="URI",
+                        help="track every trial as an MLflow run (Ray Tune's MLflow callback): alone, into "
+                        "sqlite:///<results>/mlflow.db; or into URI (a tracking server, e.g. "
+                        "http://HOST:5000, on a cluster). TensorBoard logs are always written, under "
+                        "--storage")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep finished trials' checkpoints in storage (default: delete them once the "
                         "trial's row is written; they are only needed to resume an unfinished trial)")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, then a ``key=value`` override that a bare ``--mlflow`` swallowed as its URI is
+    given back to the overrides (``--mlflow optim.epochs=1`` means the flag and the override)."""
+    args = parser.parse_args(argv)
+    if args.mlflow is not None and not tracking.looks_like_uri(args.mlflow) and "=" in args.mlflow:
+        args.overrides, args.mlflow = [args.mlflow, *args.overrides], tracking.BARE
+    return args
 
 
 def spec_from_args(
@@ -76,7 +91,7 @@ def spec_from_args(
         name=name, base=sweep.base, results=results, storage=storage, methods=dict(methods or {}),
         num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoints=args.keep_checkpoints, mlflow=tracking.mlflow_uri(args.mlflow, results),
     )
 
 
@@ -99,6 +114,8 @@ def print_summary(spec: SweepSpec, n_trials: int, wall: float, *, reused: int = 
     print(f"\nsweep {spec.name}: {n_trials} trials ({n_trials - reused} ran now, {reused} reused from "
           f"earlier runs) in {wall:.0f} s; results in {spec.results}\n")
     print(summary(spec.results))
+    for line in tracking.where(spec):
+        print(line)
 
 
 def print_search_summary(spec: SweepSpec, wall: float) -> None:
@@ -110,6 +127,8 @@ def print_search_summary(spec: SweepSpec, wall: float) -> None:
           f"{trials['status'].value_counts().to_dict()}; Optuna study {optuna_db(spec)}\n")
     cols = [c for c in ("trial_id", "status", "val_rsum", "rsum", "epoch", "overrides") if c in trials]
     print(trials.sort_values("val_rsum", ascending=False)[cols].head(5).to_string(index=False))
+    for line in [f"Optuna: optuna-dashboard sqlite:///{optuna_db(spec)}", *tracking.where(spec)]:
+        print(line)
 
 
 def cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> NoReturn:

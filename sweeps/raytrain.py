@@ -30,6 +30,11 @@ from geomix import train
 from geomix.config import TrainConfig, from_dict, merge, to_dict
 from geomix.logs import quiet_ray_checkpoint_logs
 
+#: Ray Train settings of every run ``fit`` starts (a user's own environment variables win). Train's controller
+#: polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default): a trial waits up to one
+#: interval to be seen started and again to be seen finished (``benchmarks/raytrain_startup.py``).
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
 
 class _RayHooks:
     """:class:`geomix.train.Hooks` that forward to ``ray.train``.
@@ -155,6 +160,8 @@ def fit(
     if embeddings_to is not None:
         folder, rel = embeddings_to
         cfg_dict["embeddings_to"] = [folder if "://" in folder else _absolute(folder), rel]
+    for key, value in TRAIN_ENV.items():  # read by Train's controller, which the driver's environment reaches
+        os.environ.setdefault(key, value)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg_dict,

@@ -2,8 +2,10 @@
 
 :class:`ResultsCallback` (on the driver) writes ``history`` rows on every Tune result and a ``trials`` row
 when a trial ends, through ``store.write_rows`` (atomic, merged by key), then deletes the finished trial's
-checkpoints. A row's config is the resolved nested dict the trial carries in its Tune config
-(``sweeps.spec``), never resolved again.
+checkpoints. A row's config is the config the trial trained with, as its trainable reported it
+(:data:`TRAINED_KEY`, in every report), so a trial restored from an experiment's state records what it ran
+whatever the driver's sweep now says; a trial that failed before its first report records the resolved
+nested dict it carries in its Tune config (``sweeps.spec``). Neither is ever resolved again.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from typing import Any
 from pyarrow import fs as pafs
 
 import store
+from geomix.config import TrainConfig, from_dict
 from store.fs import join, resolve
 from sweeps import tune_api as tune
+from sweeps.identity import trial_key
 from sweeps.progress import SweepProgress, count_trials
 from sweeps.spec import FINAL_KEY, STATUS_KEY, SweepSpec, describe, train_storage, trial_name, trial_of
 
 log = logging.getLogger(__name__)
+
+#: The key of a report that carries the trial's config as it trains with it (JSON of ``to_dict(cfg)``).
+TRAINED_KEY = "trained_config"
+#: Tune's own log of a trial's results, one JSON line per report, in the trial's folder in storage (its
+#: JSON logger; off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1). History rows are rebuilt from it.
+_RESULT_FILE = "result.json"
 
 _HISTORY_KEYS = ("epoch", "step", "samples_seen", "train_loss")
 _TRIAL_KEYS = (
@@ -53,13 +63,30 @@ def history_rows(trial_id: str, result: Mapping[str, Any]) -> list[dict[str, Any
     return rows
 
 
+def trained_config(
+    trial_id: str, trial: Mapping[str, Any], result: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], str | None]:
+    """The config a trial trained with and its ``trial_key``: the one its trainable reported
+    (:data:`TRAINED_KEY`), else (no report yet) the one its Tune config carries."""
+    text = (result or {}).get(TRAINED_KEY)
+    if not text:
+        return dict(trial["config"]), trial.get("key")
+    config = json.loads(text)
+    key = trial_key(from_dict(TrainConfig, config))
+    if trial.get("key") and key != trial["key"]:
+        log.warning("trial %s trained with another config than its Tune config says (key %s, not %s): "
+                    "its row records the config it trained with", trial_id, key, trial["key"])
+    return config, key
+
+
 def trial_row(
     spec: SweepSpec, trial_id: str, trial: Mapping[str, Any], result: Mapping[str, Any] | None,
     status: str, error: str | None, env: Mapping[str, Any], timing: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """One ``trials`` row (``store.trial_row``) from a trial's own config (``sweeps.spec.trial_config``: its
-    resolved nested config, ``method_rank``, ``overrides``): status, final test metrics, last validation
-    metrics, timings, node ids, versions."""
+    """One ``trials`` row (``store.trial_row``): the config the trial trained with (:func:`trained_config`),
+    ``method_rank`` and ``overrides`` from its own config (``sweeps.spec.trial_config``), status, final test
+    metrics, last validation metrics, timings, node ids, versions."""
+    config, key = trained_config(trial_id, trial, result)
     result = dict(result or {})
     if result.get("steps") is None and "step" in result:
         result["steps"] = result["step"]
@@ -68,10 +95,10 @@ def trial_row(
     kept.update(timing)
     if trial.get("method_rank") is not None:
         kept["method_rank"] = int(trial["method_rank"])
-    if trial.get("key"):
-        kept["trial_key"] = trial["key"]  # its identity (sweeps.identity): what a rerun reuses
+    if key:
+        kept["trial_key"] = key  # its identity (sweeps.identity): what a rerun reuses
     kept["overrides"] = json.dumps(dict(trial.get("overrides") or {}), sort_keys=True, default=str)
-    return store.trial_row(sweep=spec.name, trial_id=trial_id, config=trial["config"], result=kept,
+    return store.trial_row(sweep=spec.name, trial_id=trial_id, config=config, result=kept,
                            status=status, error=error, env=env)
 
 
@@ -82,6 +109,27 @@ def finished_row(
     result = trial.last_result or {}
     return trial_row(spec, trial.trial_id, trial_of(trial.config), result, trial_status(result, error),
                      _error_text(trial) if error else result.get("error"), env, timing)
+
+
+def logged_history(trial: Any) -> list[dict[str, Any]]:
+    """A Tune ``Trial``'s ``history`` rows rebuilt from Tune's own log of its results (``result.json`` in
+    its folder in storage), each stamped with when Tune saw the report; none when there is no log."""
+    filesystem, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+    try:
+        with filesystem.open_input_stream(f"{folder}/{_RESULT_FILE}") as src:
+            text = src.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            result = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        for row in history_rows(trial.trial_id, result) if isinstance(result, dict) else []:
+            row["reported_at"] = result.get("timestamp", row["reported_at"])
+            rows.append(row)
+    return rows
 
 
 def _is_num(v: Any) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geomix import registry
-from geomix.checks import check_choice, check_range, fail
+from geomix.checks import MAX_SEED, check_choice, check_range, fail
 from geomix.config import (
     LAMBDA_POLICIES,
     MIX_GEOMETRIES,
@@ -125,8 +125,9 @@ class SweepFile:
             fail("name", self.name, "a non-empty string")
         seeds = self.seeds
         if (isinstance(seeds, str) or not isinstance(seeds, (list, tuple)) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-            fail("seeds", seeds, "a non-empty list of integers")
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                           for s in seeds) or len(set(seeds)) < len(seeds)):
+            fail("seeds", seeds, "a non-empty list of distinct integers in [0, 2**63 - 1]")
         object.__setattr__(self, "seeds", tuple(seeds))
         for key in ("base", "methods"):
             if not isinstance(getattr(self, key), Mapping):

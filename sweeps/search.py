@@ -25,10 +25,10 @@ from geomix import logs
 from geomix.config import TrainConfig
 from sweeps import cli as common
 from sweeps import space
-from sweeps.folder import hold
+from sweeps.folder import check_private, hold
 from sweeps.identity import SweepChanged, check_saved, move_aside
 from sweeps.schema import SearchSettings, load_sweep
-from sweeps.spec import SweepSpec, resolve_base, resolve_trial
+from sweeps.spec import SweepSpec, check_before_ray, check_flags, resolve_base, resolve_trial
 
 log = logging.getLogger("sweeps.search")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "search.yaml"
@@ -41,12 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (name, base, search)")
     parser.add_argument("--num-samples", type=int, help="trials to run (default: the config's)")
     common.add_ray_arguments(parser)
-    return parser.parse_args(argv)
+    return common.parse(parser, argv)
 
 
 def build(args: argparse.Namespace) -> tuple[SweepSpec, SearchSettings, TrainConfig]:
     """Spec, search settings and the base TrainConfig, validated before Ray starts (the space's most
     demanding corners too: ``sweeps.space.corners``)."""
+    check_flags(args)
     sweep = load_sweep(args.config, args.overrides, smoke_test=args.smoke_test)
     if sweep.methods:
         raise ValueError("methods in a search config are invalid: allowed keys are name, base, search")
@@ -58,6 +59,7 @@ def build(args: argparse.Namespace) -> tuple[SweepSpec, SearchSettings, TrainCon
     base_cfg = resolve_trial(spec, "search", settings.trial_seed)
     for overrides in space.corners(settings):
         resolve_trial(spec, "search", settings.trial_seed, overrides)
+    check_before_ray(spec, [base_cfg])  # data files, batch size vs training set, model, writable folders
     return spec, settings, base_cfg
 
 
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, s, base_cfg = build(args)  # every config error surfaces here, before Ray starts
     config = {"name": spec.name, "base": dict(spec.base), "search": s.to_dict()}
     with hold(spec.results):
+        check_private(spec.storage)  # Ray unpickles its state on resume: refused if others can write it
         try:  # re-running the same search resumes it; another search is refused before Ray starts
             check_saved(store.load_resolved_config(spec.results), config, spec.results)
         except SweepChanged:

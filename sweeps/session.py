@@ -24,6 +24,10 @@ RAY_VERSION_TESTED = "2.60.0"
 # on the head node. Without it (a foreign cluster), the trial actor takes a 0.01-CPU share instead.
 TRIAL_SLOT = "geomix_trial_slot"
 _SLOTS = 1000
+#: The dashboard (and its State API) of a local Ray listens on the loopback address only.
+LOOPBACK = "127.0.0.1"
+#: Ray's switch for token authentication (on for a local start unless set otherwise; ray-notes 16).
+AUTH_MODE = "RAY_AUTH_MODE"
 
 
 def start_ray(
@@ -34,6 +38,12 @@ def start_ray(
     The dashboard stays on (bound to 127.0.0.1): Train's placement-group cleaner needs the State API it
     serves, and without it trials stopped by ASHA leak their worker groups and the sweep hangs.
 
+    A local Ray's other servers (GCS, raylet, workers, agents) listen on every interface: Ray 2.60 has no
+    setting to bind them to the loopback address (``_node_ip_address="127.0.0.1"`` is turned back into the
+    machine's address). They require Ray's token: Ray turns token authentication on for a local start
+    unless ``RAY_AUTH_MODE`` says otherwise, and a user who set it to anything else is warned
+    (``docs/ray-notes.md``, item 16).
+
     Returns:
         Ray's ``RayContext`` (``.dashboard_url``), or None when Ray was already initialised.
     """
@@ -42,12 +52,19 @@ def start_ray(
     if ray.is_initialized():
         return None
     if address in (None, "", "local"):
+        # Unset, Ray 2.60 turns token authentication on for a local start (and sets the variable itself)
+        mode = os.environ.get(AUTH_MODE)
+        if mode is not None and mode.lower() != "token":
+            log.warning("%s=%s: this local Ray accepts requests from anyone who can reach this machine's "
+                        "ports (they listen on every interface); unset it to turn token authentication on",
+                        AUTH_MODE, mode)
         context = ray.init(
             address="local",
             num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
             num_gpus=num_gpus,
             resources={TRIAL_SLOT: _SLOTS},
             include_dashboard=True,
+            dashboard_host=LOOPBACK,
             logging_level=logging.WARNING,
         )
     else:

@@ -16,11 +16,11 @@ This module imports no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from geomix.checks import check_range, fail
+from geomix.checks import check_range, check_writable_dir, fail
 from geomix.config import TrainConfig, from_dict, merge, to_dict, unflatten
 from store import EMBEDDINGS_DIR
 from store.fs import join
@@ -56,6 +56,7 @@ class SweepSpec:
         keep_checkpoints: keep a finished trial's checkpoints in storage. Off by default: they exist to
             resume a trial that has not finished (~100 MB each for the tiny model, with optimizer state),
             and a finished trial is never rerun; its metrics and embeddings are in the results folder.
+        mlflow: MLflow tracking URI of the sweep's runs (``--mlflow``, ``sweeps/tracking.py``); None = off.
     """
 
     name: str
@@ -70,6 +71,7 @@ class SweepSpec:
     controller_failure_limit: int = 2
     run_fn: Callable[..., Mapping[str, Any]] | None = None
     keep_checkpoints: bool = False
+    mlflow: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
@@ -89,8 +91,9 @@ def resolve_base(spec: SweepSpec) -> TrainConfig:
     named as the base's (``base: optim.lr=...``) rather than as the first method's.
 
     Raises:
-        ValueError: naming the bad dotted field of the base.
+        ValueError: naming the bad dotted field of the base (``run.seed`` among them: the sweep sets it).
     """
+    _no_seed("base", spec.base)
     try:
         return from_dict(TrainConfig, merge(dict(spec.base), {"method": "base"}))
     except ValueError as e:
@@ -109,6 +112,7 @@ def resolve_trial(
     if spec.methods:
         if method not in spec.methods:
             fail("method", method, "one of " + ", ".join(spec.methods))
+        _no_seed(f"methods.{method}", unflatten(spec.methods[method]))
         data = merge(data, unflatten(spec.methods[method]))
     data = merge(data, unflatten(overrides or {}))
     data["method"] = method
@@ -117,6 +121,58 @@ def resolve_trial(
         return from_dict(TrainConfig, data)
     except ValueError as e:
         raise ValueError(f"method {method!r}: {e}") from None
+
+
+def _no_seed(where: str, diff: Mapping[str, Any]) -> None:
+    """A sweep sets every trial's ``run.seed`` (the ablation's seeds, the search's ``trial_seed``): one in
+    the base or a method row would be overwritten without a word, so it is refused."""
+    run = diff.get("run")
+    if isinstance(run, Mapping) and "seed" in run:
+        fail(f"{where} run.seed", run["seed"], "no run.seed in a sweep's base or method rows: the sweep's "
+             "seeds set it (ablation: seeds / --seeds; search: search.trial_seed)")
+
+
+def check_flags(args: Any) -> None:
+    """The shared command-line flags that the spec can no longer tell apart once built: an empty
+    ``--name``, ``--results`` or ``--storage`` would silently become the default (or, for ``--results``,
+    the working directory).
+
+    Raises:
+        ValueError: naming the flag.
+    """
+    for flag in ("name", "results", "storage"):
+        value = getattr(args, flag, None)
+        if value is not None and not value.strip():
+            what = "a sweep name" if flag == "name" else "a folder or an s3:// gs:// URI"
+            fail(f"--{flag}", value, f"{what} (leave the flag out for the default)")
+
+
+def check_before_ray(spec: SweepSpec, cfgs: Iterable[TrainConfig]) -> None:
+    """What the trial configs cannot say about themselves, checked on the driver before Ray starts: the
+    results and storage folders can be written, the batch splits evenly over ``num_workers`` Ray Train
+    workers, and every distinct (data, model, batch size) passes
+    :func:`geomix.train.check_trial` (data files and images, a batch no larger than the training set, the
+    model, its cache folder; not the device, as trials may run on other machines).
+
+    Raises:
+        ValueError: naming the flag, or the method and the field or file.
+    """
+    check_writable_dir("--results", spec.results)
+    check_writable_dir("--storage", spec.storage)
+    from geomix.train import check_trial  # torch: imported once the arguments are known to be good
+
+    seen = set()
+    for cfg in cfgs:
+        if spec.num_workers > 1 and cfg.optim.batch_size % spec.num_workers:  # each worker an equal slice
+            fail("optim.batch_size", cfg.optim.batch_size, f"a multiple of --num-workers={spec.num_workers} "
+                 f"(method {cfg.method!r})")
+        key = (cfg.data, cfg.model, cfg.optim.batch_size)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check_trial(cfg, here=False)
+            except ValueError as e:
+                raise ValueError(f"method {cfg.method!r}: {e}") from None
 
 
 def trial_config(

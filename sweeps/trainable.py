@@ -10,11 +10,14 @@ A trial's Tune config carries its resolved TrainConfig as a nested dict (``sweep
   ``FailureConfig(max_failures, controller_failure_limit)``, and a ``TuneReportCallback`` that forwards
   rank 0's metrics to Tune.
 
-Either way its last report is the summary ``geomix.train.run`` returned, with ``final=True``.
+Either way its last report is the summary ``geomix.train.run`` returned, with ``final=True``. Every report
+also carries the config the trial trains with (``sweeps.records.TRAINED_KEY``, as JSON), so its row records
+what it ran however the trial reached this actor (fresh, restored by ``Tuner.restore``, or reconciled).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -23,9 +26,10 @@ from typing import Any
 
 import store
 from geomix import logs, train
-from geomix.config import TrainConfig, from_dict, merge
+from geomix.config import TrainConfig, from_dict, merge, to_dict
 from sweeps import raytrain, session
 from sweeps import tune_api as tune
+from sweeps.records import TRAINED_KEY
 from sweeps.spec import (
     FINAL_KEY,
     STATUS_KEY,
@@ -58,14 +62,23 @@ def clean_metrics(metrics: Mapping[str, Any], last: Mapping[str, Any]) -> dict[s
     return out
 
 
-class TuneHooks:
-    """``geomix.train.run`` hooks for an in-process trial: reports and checkpoints go through Tune."""
+def trained_json(cfg: TrainConfig) -> str:
+    """The config a trial trains with, as its reports carry it (:data:`sweeps.records.TRAINED_KEY`)."""
+    return json.dumps(to_dict(cfg), sort_keys=True, default=str)
 
-    def __init__(self) -> None:
+
+class TuneHooks:
+    """``geomix.train.run`` hooks for an in-process trial: reports and checkpoints go through Tune.
+    ``trained``: :func:`trained_json` of the trial's config, added to every report."""
+
+    def __init__(self, trained: str | None = None) -> None:
         self.last: dict[str, Any] = {}
+        self.trained = trained
 
     def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None = None) -> None:
         self.last = clean_metrics(metrics, self.last)
+        if self.trained is not None:
+            self.last[TRAINED_KEY] = self.trained
         if checkpoint_dir:
             tune.report(dict(self.last), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         else:
@@ -81,15 +94,19 @@ class TuneHooks:
 
 
 class ReportCallback(tune.TuneReportCallback):
-    """A ``TuneReportCallback`` that also renames ``done`` and carries the sweep metric forward."""
+    """A ``TuneReportCallback`` that also renames ``done``, carries the sweep metric forward and adds the
+    trial's config (``trained``: :func:`trained_json`) to every report."""
 
-    def __init__(self) -> None:
+    def __init__(self, trained: str | None = None) -> None:
         super().__init__()
         self._last: dict[str, Any] = {}
+        self._trained = trained
 
     def after_report(self, run_context, metrics, checkpoint):
         self._last = clean_metrics(metrics[0], self._last)
         out = dict(self._last)
+        if self._trained is not None:
+            out[TRAINED_KEY] = self._trained
         if checkpoint:
             out[tune.CHECKPOINT_PATH_KEY] = checkpoint.path
         self._training_actor_item_queue.put(out)
@@ -99,27 +116,32 @@ def trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     """Tune function trainable: run the trial whose resolved TrainConfig its Tune ``config`` carries."""
     trial_id = tune.get_context().get_trial_id()
     logs.quiet_ray_checkpoint_logs()
-    nested = trial_of(config)["config"]
+    # The trial's own config, as Tune handed it to this actor (restored from the experiment's state after a
+    # restart), never the driver's current sweep: this is what trains, and what its row records.
+    cfg = from_dict(TrainConfig, trial_of(config)["config"])
+    trained = trained_json(cfg)
     if spec.num_workers == 0:
-        summary, last = _run_in_process(nested, spec, trial_id)
+        summary, last = _run_in_process(cfg, spec, trial_id, trained)
     else:
-        summary, last = _run_ray_train(nested, spec, trial_id)
+        summary, last = _run_ray_train(cfg, spec, trial_id, trained)
     final = clean_metrics({**last, **summary}, last)
     final[FINAL_KEY] = True
+    final[TRAINED_KEY] = trained
     final.setdefault(STATUS_KEY, "completed")
     tune.report(final)
 
 
 def _run_in_process(
-    nested: Mapping[str, Any], spec: SweepSpec, trial_id: str
+    cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     # Scratch space outside the trial folder: Ray syncs that folder to storage while the trial runs, and
     # would trip over the run's half-written temp files. Checkpoints reach storage through tune.report,
     # embeddings through keep_embeddings; the rest goes with the folder.
     scratch = Path(tempfile.mkdtemp(prefix=f"geomix-{trial_id}-"))
     try:
-        cfg = from_dict(TrainConfig, merge(nested, {"run": {"out_dir": str(scratch)}}))
-        hooks = TuneHooks()
+        # run.out_dir is a run-only setting (not part of a trial's identity): the row keeps the trial's own
+        cfg = from_dict(TrainConfig, merge(to_dict(cfg), {"run": {"out_dir": str(scratch)}}))
+        hooks = TuneHooks(trained)
         summary = dict((spec.run_fn or train.run)(cfg, hooks=hooks))
         if cfg.run.save_embeddings:
             if kept := store.keep_embeddings(scratch, spec.results, embeddings_name(trial_id)):
@@ -132,9 +154,8 @@ def _run_in_process(
 
 
 def _run_ray_train(
-    nested: Mapping[str, Any], spec: SweepSpec, trial_id: str
+    cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg = from_dict(TrainConfig, nested)
     emb_name = embeddings_name(trial_id)
     result = raytrain.fit(
         cfg,
@@ -142,7 +163,7 @@ def _run_ray_train(
         use_gpu=spec.gpus_per_worker > 0,
         storage_path=train_storage(spec),
         name=trial_name(spec, trial_id),
-        callbacks=[ReportCallback()],
+        callbacks=[ReportCallback(trained)],
         max_failures=spec.max_failures,
         controller_failure_limit=spec.controller_failure_limit,
         embeddings_to=(spec.results, emb_name),

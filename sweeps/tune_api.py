@@ -8,6 +8,8 @@ Train side is :mod:`sweeps.raytrain`, the only module that imports ``ray.train``
 
 from __future__ import annotations
 
+# Experiment tracking (sweeps/tracking.py); importing it does not import mlflow, its constructor does.
+from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune import (
     Callback,
     Checkpoint,
@@ -33,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 __all__ = [
     "ASHAScheduler", "CHECKPOINT_PATH_KEY", "Callback", "Checkpoint", "CheckpointConfig",
-    "ExperimentAnalysis", "FailureConfig", "OptunaSearch", "RunConfig", "TuneConfig", "TuneReportCallback",
-    "Tuner", "get_checkpoint", "get_context", "grid_search", "report", "sample_from", "with_parameters",
-    "with_resources",
+    "ExperimentAnalysis", "FailureConfig", "MLflowLoggerCallback", "OptunaSearch", "RunConfig", "TuneConfig",
+    "TuneReportCallback", "Tuner", "get_checkpoint", "get_context", "grid_search", "report", "sample_from",
+    "with_parameters", "with_resources",
 ]

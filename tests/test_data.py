@@ -326,3 +326,24 @@ def test_export_cli_single_split(tmp_path, capsys):
     assert not (tmp_path / "x").exists()  # arguments are checked before anything is written
     with pytest.raises(IndexError):
         ShapesData("test", 3, ("flat",)).image(3)
+
+
+def test_overlap_check_compares_splits_not_rows_and_warns_about_outside_images(tmp_path, caplog):
+    """A repeated image inside one split is that split's business; the same bytes in two splits are
+    refused; an image outside the data folder is allowed with a warning (the split checks still hold)."""
+    from geomix.data.overlap import check_overlap
+
+    for name, data in (("a.png", b"same bytes"), ("b.png", b"same bytes"), ("c.png", b"other bytes!")):
+        (tmp_path / name).write_bytes(data)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes(b"elsewhere")
+    roots = {"train": tmp_path, "test": tmp_path}
+    a, b, c = (tmp_path / n for n in ("a.png", "b.png", "c.png"))
+    with caplog.at_level("WARNING"):
+        check_overlap({"train": [(a, "t:1"), (b, "t:2")], "test": [(c, "s:1"), (outside, "s:2")]}, roots)
+    assert "1 of 2 images of split 'test' lie outside the data folder" in caplog.text
+    with pytest.raises(ValueError, match=r"split 'test' shares an image content with split 'train' \(s:1 "):
+        check_overlap({"train": [(a, "t:1")], "test": [(b, "s:1")]}, roots)
+    with pytest.raises(ValueError, match=r"split 'test' shares an image file with split 'train'.*2 shared"):
+        check_overlap({"train": [(a, "t:1"), (c, "t:2")], "test": [(tmp_path / "." / "a.png", "s:1"),
+                                                                (c, "s:2")]}, roots)

@@ -99,8 +99,8 @@ def test_ablation_refuses_before_ray_and_overwrite_keeps_the_old_folder(tmp_path
     spec, _, _, trials, rows = ablation.build(args)
     _write_rows(spec, trials)
     assert ablation.check_folder(args, spec, trials, rows).todo == []  # the same command: nothing to run
-    changed = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *tiny_overrides,
-                                   "optim.epochs=3"])
+    three = [o for o in tiny_overrides if not o.startswith("optim.epochs=")] + ["optim.epochs=3"]
+    changed = ablation.parse_args(["--methods", "ft", "--seeds", "0", "--results", str(res), *three])
     spec2, _, _, trials2, rows2 = ablation.build(changed)
     with pytest.raises(identity.SweepChanged, match="optim.epochs: 2 -> 3"):
         ablation.check_folder(changed, spec2, trials2, rows2)

@@ -4,6 +4,8 @@ driver."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -112,3 +114,29 @@ def test_search_smoke_through_its_command_line(tiny_overrides, tmp_path):
     # the sampled config is in the row: a term that is off has weight 0
     assert trials["overrides"].str.contains("loss.w_m2").all()
     assert set(history.trial_id) == set(trials.trial_id)
+    _the_dashboard_shows_the_study(f"sqlite:///{res / 'optuna.db'}", trials)
+
+
+def _wsgi_get(app, path: str) -> dict:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"], (path, status, body[:300])
+    return json.loads(body)
+
+
+def _the_dashboard_shows_the_study(storage: str, trials) -> None:
+    """optuna-dashboard's own WSGI app (what `optuna-dashboard sqlite:///...` serves) lists the search's
+    study and its trials, with the same states and values as the Parquet rows."""
+    dashboard = pytest.importorskip("optuna_dashboard")
+    app = dashboard.wsgi(storage)
+    studies = _wsgi_get(app, "/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["search"]
+    shown = _wsgi_get(app, f"/api/studies/{studies[0]['study_id']}")["trials"]
+    assert len(shown) == len(trials)
+    done = sorted(t["values"][0] for t in shown if t["state"] == "Complete")
+    rows = sorted(trials.loc[trials.status == "completed", "val_rsum"])
+    assert done == pytest.approx(rows, abs=1e-6) and len(done) >= 1

@@ -444,3 +444,73 @@ def test_object_store_branch_writes_and_reads_parts(tmp_path):
     assert len(names) == 2 and all(n.startswith("part-") and n.endswith(".parquet") for n in names)
     frame, where = parts.read_table(bucket, "bucket/res", "trials")
     assert where == "bucket/res/trials/" and frame["rsum"].tolist() == [2.0]
+
+
+def _damage(path: Path, how: str) -> None:
+    """Damage one Parquet file the ways a disk, a copy or a person do."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "footer":  # the Thrift metadata overwritten (pyarrow: "Couldn't deserialize thrift")
+        data[-30:-10] = b"\xff" * 20
+    elif how == "flipped":  # one bit of a stored number: read back silently without page checksums
+        at = data.find(struct.pack("<d", 1.5))
+        assert at > 0
+        data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "footer", "flipped"])
+@pytest.mark.parametrize("table", ["trials", "history"])
+def test_a_damaged_part_is_named_and_can_be_set_aside(tmp_path, table, how):
+    """Reading a folder with a damaged part raises one line naming the file (a ConfigError, so the command
+    lines print it as their error); set_aside moves it to damaged/ and the rest of the folder reads."""
+    from geomix.checks import ConfigError
+
+    R.write_rows(tmp_path, "trials", [_trial("a", rsum=1.5)])
+    R.write_rows(tmp_path, "trials", [_trial("b", rsum=2.0)])
+    R.write_rows(tmp_path, "history", [{"trial_id": "a", "step": 1, "split": "val", "rsum": 1.5}])
+    R.write_rows(tmp_path, "history", [{"trial_id": "b", "step": 1, "split": "val", "rsum": 2.0}])
+    bad = tmp_path / table / _parts(tmp_path, table)[0]
+    _damage(bad, how)
+    with pytest.raises(R.DamagedFile) as err:
+        R.read_results(tmp_path)
+    msg = str(err.value)
+    assert isinstance(err.value, ConfigError) and "\n" not in msg
+    assert msg.startswith(f"{table} file='{bad}' is invalid: allowed a readable Parquet file; this one is "
+                          "damaged (") and "re-run the sweep" in msg
+    assert err.value.path == str(bad) and err.value.table == table
+    moved = Path(R.set_aside(err.value))
+    assert not bad.exists() and moved.read_bytes() and moved.parent == tmp_path / R.DAMAGED_DIR
+    assert R.damaged_files(tmp_path, table) == [moved.name] and R.damaged_files(tmp_path, "x") == []
+    trials, history = R.read_results(tmp_path)  # the folder reads without it; nothing else is lost
+    kept = trials if table == "trials" else history
+    assert kept["trial_id"].tolist() == ["b"] and len(trials) + len(history) == 3
+    # a results folder, not a sweep root: damaged/ is not read as a results folder of its own
+    assert set(trials["results_dir"]) == {str(tmp_path)}
+    left = [str(tmp_path / table / name) for name in _parts(tmp_path, table)]
+    assert glob.glob(str(tmp_path / table / "*.parquet")) == left and len(left) == 1
+
+
+def test_a_damaged_version_1_file_is_named(tmp_path):
+    _legacy(tmp_path / "v1", trial_id=["a"], rsum=[1.5], schema_version=[1])
+    _damage(tmp_path / "v1" / "trials.parquet", "footer")
+    with pytest.raises(R.DamagedFile, match=r"trials file='.*/v1/trials.parquet' is invalid") as err:
+        R.read_results(tmp_path / "v1")
+    assert "thrift" in err.value.reason.lower()
+    R.set_aside(err.value)
+    with pytest.raises(ValueError, match="has no trials table"):  # nothing else left to read
+        R.read_results(tmp_path / "v1")
+
+
+def test_parts_written_without_page_checksums_still_read(tmp_path):
+    """Parts are written with page checksums (the "flipped" case above needs them); older parts have none
+    and read as before."""
+    R.write_rows(tmp_path, "trials", [_trial("a", rsum=1.5)])
+    old = tmp_path / "trials" / "part-00000000000000000001-0123456789ab.parquet"
+    table = pq.read_table(tmp_path / "trials" / _parts(tmp_path)[-1])
+    column = table.schema.get_field_index("trial_id")
+    pq.write_table(table.set_column(column, "trial_id", pa.array(["z"])), old)
+    assert sorted(R.read_results(tmp_path)[0]["trial_id"]) == ["a", "z"]

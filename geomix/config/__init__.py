@@ -35,6 +35,7 @@ from geomix.config.sections import (
     MIX_GEOMETRIES,
     PARTNER_POLICIES,
     RUN_ONLY,
+    SEPARATORS,
     SHAPE_STYLES,
     WASSERSTEIN_ESTIMATORS,
     WEIGHT_DECAYS,
@@ -46,7 +47,8 @@ __all__ = [
     "RUN_ONLY",
     "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
     "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
-    "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SHAPE_STYLES",
+    "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SEPARATORS",
+    "SHAPE_STYLES",
     "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "LambdaConfig", "LossConfig", "MixConfig",
     "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
 ]

@@ -33,7 +33,7 @@ from geomix.config.sections import _Section, literal_choices
 from geomix.dotted import merge, unflatten
 
 T = TypeVar("T")
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INT64 = (-(2**63), 2**63 - 1)
 
 __all__ = [
     "from_dict", "to_dict", "parse_overrides", "load_yaml", "build_config", "load_config", "config_hash",
@@ -82,13 +82,20 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return value
         fail(name, value, "true or false")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, float) and value.is_integer():  # 3.0: a YAML float, or a Parquet column
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
             fail(name, value, "an integer")
-        return int(value)
+        if not _INT64[0] <= value <= _INT64[1]:
+            fail(name, value, "an integer in [-2**63, 2**63 - 1]")
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(name, value, "a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int of hundreds of digits
+            fail(name, value, "a finite number")
     if tp is str:
         if not isinstance(value, str):
             fail(name, value, "a string")
@@ -105,7 +112,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     """
     data = dict(data or {})
     fields = cls.serial_fields()  # type: ignore[attr-defined]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in data if k not in fields)  # str: a YAML key may be a number
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ValueError(
@@ -135,7 +142,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["loss.w_m2=0.1", "data.styles=[dark]"]`` -> nested dict; values are parsed as YAML scalars."""
+    """``["loss.w_m2=0.1", "data.styles=[dark]"]`` -> nested dict; values are parsed as YAML (1.2 numbers:
+    ``2e-3`` is a float). A value that is not valid YAML is taken as the string it is (``csv_separator=,``)
+    unless it opens a list, mapping or quote (``[1``), which is an error.
+    """
     flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -144,22 +154,104 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ValueError(f"override {item!r} is invalid: allowed form is dotted.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            # YAML 1.1 reads "2e-3" (no dot) as a string; a researcher typing lr=2e-3 means a number
-            value = float(value)
-        flat[key] = value
-    return unflatten(flat)
+        flat[key] = _override_value(item, raw)  # a key given twice: the last wins, as on any command line
+    try:
+        return unflatten(flat)
+    except ValueError as e:  # optim=1 and optim.lr=1
+        raise ValueError(f"{e}: allowed is a section's keys (section.key=value) or the section itself, not "
+                         "both") from None
+
+
+def _override_value(item: str, raw: str) -> Any:
+    if not raw:
+        return None  # key= clears an optional value (null)
+    if not raw.strip() or raw.lstrip()[:1] in ("|", ">"):  # a tab (separator); YAML's block-scalar marks
+        return raw
+    try:
+        return yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as e:
+        if raw.lstrip()[:1] in ("[", "{", "'", '"'):
+            allowed = "each key once" if isinstance(e, _DuplicateKey) else (
+                "a YAML value, e.g. [a, b] for a list or 'text' for a string")
+            raise ValueError(f"override {item!r} {_yaml_problem(e)}: allowed {allowed}") from None
+        return raw  # not YAML: the text itself (a separator ",", a name "@x"); the field's type checks it
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's numbers (``1e-3`` is a float, not the string YAML 1.1 makes of
+    it), no timestamps (``2024-01-01`` stays a string), and duplicate keys refused instead of last-wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key == "<<" or not isinstance(key, typing.Hashable):
+                continue  # a merge key overrides on purpose; an unhashable key fails in PyYAML itself
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"has the key {key!r} twice (lines {first} and {second})")
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (
+        "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line for a YAML error: what and where (PyYAML's own message spans several lines)."""
+    if isinstance(e, _DuplicateKey):
+        return str(e)
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"is not valid YAML ({problem}{where})"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (:class:`_Loader`: YAML 1.2 numbers, duplicate keys refused).
+
+    Raises:
+        ValueError: a missing, unreadable or non-UTF-8 file, invalid YAML, a duplicate key, or a document
+            that is not a mapping, naming the file (and the line).
+    """
     path = Path(path)
+    name = str(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist: allowed is a path to a YAML file")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ValueError(f"config file {name!r} {what}: allowed is a path to a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {name!r} is not UTF-8 text (byte {e.start}): allowed is a UTF-8 "
+                         "YAML file") from None
+    except OSError as e:
+        raise ValueError(f"config file {name!r} cannot be read ({e.strerror}): allowed is a readable YAML "
+                         "file") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        allowed = "each key once" if isinstance(e, _DuplicateKey) else "a YAML mapping of config keys"
+        raise ValueError(f"config file {name!r} {_yaml_problem(e)}: allowed is {allowed}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} holds {type(data).__name__}: allowed is a YAML mapping")
+        raise ValueError(f"config file {name!r} holds {type(data).__name__}: allowed is a YAML mapping")
     return data
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from geomix import registry
-from geomix.checks import ConfigError, check_choice, check_range, fail
+from geomix.checks import ConfigError, check_choice, check_range, check_seed, fail
 from geomix.config.sections import (
     EMBEDDED_BASE,
+    SEPARATORS,
     SHAPE_STYLES,
     DataSource,
     Decay,
@@ -233,9 +234,10 @@ class DataConfig(_Section):
 
     ``source='shapes'``: the embedded generator (``geomix.data``), deterministic from ``seed``; the base
     model is pre-trained on ``base_styles`` and the fine-tune uses ``styles`` (held back from the base).
-    ``source='csv'``: open_clip-style CSV at ``path`` (``csv_img_key``, ``csv_caption_key``,
-    ``csv_separator``), with ``val_path``/``test_path`` for the evaluation splits.
-    ``source='json'``: Karpathy-split JSON at ``path`` with images under ``image_root``.
+    ``source='csv'``: open_clip-style CSV at ``path`` (``csv_img_key``, ``csv_caption_key``, and
+    ``csv_separator``, tab or comma), with ``val_path``/``test_path`` for the evaluation splits.
+    ``source='json'``: Karpathy-split JSON at ``path`` with images under ``image_root``. A file the source
+    does not read stays None. An image in two splits (path or content) is refused unless ``allow_overlap``.
     """
 
     section: ClassVar[str] = "data"
@@ -248,6 +250,7 @@ class DataConfig(_Section):
     csv_caption_key: str = "title"
     csv_separator: str = "\t"
     skip_bad: bool = False
+    allow_overlap: bool = False
     seed: int = 0
     image_size: int = 32
     styles: tuple[str, ...] = ("dark",)
@@ -262,17 +265,28 @@ class DataConfig(_Section):
     def _check(self, p: str) -> None:
         if self.source != "shapes" and not self.path:
             fail(f"{p}.path", self.path, f"a file path when {p}.source={self.source!r}")
+        for key, users in (("path", "'csv' or 'json'"), ("val_path", "'csv'"), ("test_path", "'csv'"),
+                           ("image_root", "'json'")):
+            if getattr(self, key) is not None and f"'{self.source}'" not in users:  # not read: say so
+                fail(f"{p}.{key}", getattr(self, key), f"None unless {p}.source is {users}")
+        if self.csv_separator not in SEPARATORS:
+            fail(f"{p}.csv_separator", self.csv_separator, "a tab ('\\t', 'tab') or a comma (',', 'comma')")
+        object.__setattr__(self, "csv_separator", SEPARATORS[self.csv_separator])
+        check_seed(f"{p}.seed", self.seed)
         check_range(f"{p}.image_size", self.image_size, 8, 512)
         for name in ("train_size", "val_size", "test_size"):
             check_range(f"{p}.{name}", getattr(self, name), 2, None)
         check_range(f"{p}.captions_per_image", self.captions_per_image, 1, None)
         check_range(f"{p}.loader_workers", self.loader_workers, 0, 64)
-        if not self.styles:
-            fail(f"{p}.styles", self.styles, "at least one style")
         if self.source == "shapes":
             for name in ("styles", "base_styles"):
-                for i, style in enumerate(getattr(self, name)):
+                styles = getattr(self, name)
+                if not styles:  # the embedded base model is pre-trained on the base styles
+                    fail(f"{p}.{name}", list(styles), f"a non-empty list of {', '.join(SHAPE_STYLES)}")
+                for i, style in enumerate(styles):
                     check_choice(f"{p}.{name}[{i}]", style, SHAPE_STYLES)
+                    if style in styles[:i]:
+                        fail(f"{p}.{name}", list(styles), "a list of distinct styles")
             check_range(f"{p}.image_size", self.image_size, 16, 256)
 
 
@@ -366,6 +380,7 @@ class RunConfig(_Section):
     report_every: int = 0
 
     def _check(self, p: str) -> None:
+        check_seed(f"{p}.seed", self.seed)
         check_range(f"{p}.eval_every", self.eval_every, 0, None)
         check_range(f"{p}.log_every", self.log_every, 1, None)
         check_range(f"{p}.checkpoint_every", self.checkpoint_every, 0, None)

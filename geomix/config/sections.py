@@ -26,6 +26,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: Visual styles (domains) of the embedded shapes data; geomix.data.shapes draws exactly these.
 ShapeStyle = Literal["flat", "outline", "textured", "dark"]
 
+#: ``data.csv_separator`` as it may be spelled -> the separator itself.
+SEPARATORS: dict[str, str] = {"\t": "\t", "\\t": "\t", "tab": "\t", ",": ",", "comma": ","}
+
 LAMBDA_POLICIES: tuple[str, ...] = typing.get_args(LambdaPolicyName)
 PARTNER_POLICIES: tuple[str, ...] = typing.get_args(PartnerPolicyName)
 MIX_GEOMETRIES: tuple[str, ...] = typing.get_args(Geometry)
@@ -81,5 +84,5 @@ EMBEDDED_BASE = "embedded-base"
 #: cadence, output and cache folders): left out of a trial's identity and of "same config" comparisons.
 RUN_ONLY: frozenset[str] = frozenset({
     "run.threads", "run.progress", "run.log_every", "run.out_dir", "run.resume", "model.cache_dir",
-    "data.loader_workers",
+    "data.loader_workers", "data.allow_overlap",
 })

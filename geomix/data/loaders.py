@@ -14,8 +14,9 @@ Images live under ``data.image_root`` (default: the JSON's folder) / ``filepath`
 ``restval`` counts as train. If every image of a split has an integer ``label`` and the file has
 ``class_prompts`` (as :mod:`geomix.data.export` writes), the split carries class labels.
 
-Every problem (missing or unreadable file, unknown column, malformed row, empty caption, empty split)
-raises a ``ValueError`` naming the file and row; with ``data.skip_bad`` bad rows and images are skipped,
+Every problem (missing, unreadable or non-UTF-8 file, unknown column, malformed row, empty caption, a
+label outside ``class_prompts``, empty split) raises a ``ValueError`` naming the file and row; with
+``data.skip_bad`` bad rows and images are skipped,
 counted (``n_skipped``) and logged instead, but an empty split is always an error. Images are checked
 with PIL's ``verify`` (header and, for PNG, chunk checksums), which is cheap; an image that still fails
 to decode later raises an error naming the file.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from geomix.config import DataConfig, check_choice
+from geomix.config import SEPARATORS, DataConfig, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,12 @@ class FileSource:
     Attributes:
         n_skipped: bad rows and images skipped (``skip_bad``).
         labels: class ids per image, or None; ``class_prompts`` likewise.
+        root: the data folder relative image paths start from (the CSV's folder, or the image root).
     """
 
     def __init__(self, records: list[_Record], *, name: str, n_skipped: int = 0,
-                 class_prompts: list[str] | None = None) -> None:
-        self.records, self.name, self.n_skipped = records, name, n_skipped
+                 class_prompts: list[str] | None = None, root: Path | None = None) -> None:
+        self.records, self.name, self.n_skipped, self.root = records, name, n_skipped, root
         has_labels = class_prompts is not None and all(r.label is not None for r in records)
         self.labels: list[int] | None = [int(r.label) for r in records] if has_labels else None
         self.class_prompts = class_prompts if has_labels else None
@@ -107,36 +109,50 @@ class _Collector:
 def _require_file(path: str | None, what: str) -> Path:
     if not path:
         raise ValueError(f"{what}={path!r} is invalid: allowed a path to an existing file")
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
-        raise ValueError(f"{what}={path!r} is invalid: the file does not exist")
+        problem = "it is a folder" if p.is_dir() else "the file does not exist"
+        raise ValueError(f"{what}={path!r} is invalid: {problem}; allowed a path to an existing file")
     return p
 
 
 def _read_csv(path: Path, cfg: DataConfig, bad: _Collector) -> list[_Record]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=cfg.csv_separator)
-        columns = reader.fieldnames
-        if not columns:
-            raise ValueError(f"{path}: the file is empty: allowed a header row naming the columns")
-        for key, value in (("csv_img_key", cfg.csv_img_key), ("csv_caption_key", cfg.csv_caption_key)):
-            if value not in columns:
-                raise ValueError(
-                    f"{path}: data.{key}={value!r} is not a column of the file: allowed columns are "
-                    f"{', '.join(repr(c) for c in columns)} (separator {cfg.csv_separator!r})"
-                )
-        grouped: dict[str, tuple[list[str], str]] = {}
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            img, cap = (row.get(cfg.csv_img_key) or "").strip(), (row.get(cfg.csv_caption_key) or "").strip()
-            if None in row:
-                bad.bad(where, f"row has more fields than the {len(columns)} columns of the header")
-            elif not img:
-                bad.bad(where, f"empty image path in column {cfg.csv_img_key!r}")
-            elif not cap:
-                bad.bad(where, f"empty caption in column {cfg.csv_caption_key!r}")
-            else:
-                grouped.setdefault(img, ([], where))[0].append(cap)
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return _csv_records(path, csv.DictReader(f, delimiter=cfg.csv_separator), cfg, bad)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): allowed a UTF-8 CSV file "
+                         "(re-save it as UTF-8)") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e}): allowed one row per caption, separated "
+                         f"by data.csv_separator={cfg.csv_separator!r}") from None
+
+
+def _csv_records(path: Path, reader: csv.DictReader, cfg: DataConfig, bad: _Collector) -> list[_Record]:
+    columns = reader.fieldnames
+    if not columns:
+        raise ValueError(f"{path}: the file is empty: allowed a header row naming the columns")
+    for key, value in (("csv_img_key", cfg.csv_img_key), ("csv_caption_key", cfg.csv_caption_key)):
+        if value not in columns:
+            other = "comma" if cfg.csv_separator == "\t" else "tab"
+            hint = (f"; the header looks {other}-separated: set data.csv_separator={other}"
+                    if len(columns) == 1 and SEPARATORS[other] in columns[0] else "")
+            raise ValueError(
+                f"{path}: data.{key}={value!r} is not a column of the file: allowed columns are "
+                f"{', '.join(repr(c) for c in columns)} (separator {cfg.csv_separator!r}{hint})"
+            )
+    grouped: dict[str, tuple[list[str], str]] = {}
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        img, cap = (row.get(cfg.csv_img_key) or "").strip(), (row.get(cfg.csv_caption_key) or "").strip()
+        if None in row:
+            bad.bad(where, f"row has more fields than the {len(columns)} columns of the header")
+        elif not img:
+            bad.bad(where, f"empty image path in column {cfg.csv_img_key!r}")
+        elif not cap:
+            bad.bad(where, f"empty caption in column {cfg.csv_caption_key!r}")
+        else:
+            grouped.setdefault(img, ([], where))[0].append(cap)
     return [_Record(path.parent / img, tuple(caps), where) for img, (caps, where) in grouped.items()]
 
 
@@ -145,38 +161,69 @@ def _read_karpathy(
 ) -> tuple[list[_Record], list[str] | None]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {e}): allowed a UTF-8 Karpathy-split "
+                         "JSON file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: allowed a Karpathy-split JSON object with an 'images' list")
     prompts = data.get("class_prompts")
+    if prompts is not None and (not isinstance(prompts, list) or not prompts
+                                or not all(isinstance(p, str) and p.strip() for p in prompts)):
+        raise ValueError(f"{path}: class_prompts={_short(prompts)} is invalid: allowed a non-empty list of "
+                         "prompt strings, one per class id")
     records: list[_Record] = []
     allowed = sorted({s for v in KARPATHY_SPLITS.values() for s in v})
     for i, entry in enumerate(data["images"]):
         where = f"{path}:images[{i}]"
         if not isinstance(entry, dict):
-            bad.bad(where, "entry is not an object")
+            bad.bad(where, f"entry={_short(entry)} is invalid: allowed an object with filename, split and "
+                    "sentences")
             continue
         if entry.get("split") not in allowed:
-            bad.bad(where, f"split={entry.get('split')!r} is invalid: allowed one of {', '.join(allowed)}")
+            split_value = _short(entry.get("split"))
+            bad.bad(where, f"split={split_value} is invalid: allowed one of {', '.join(allowed)}")
             continue
         if entry["split"] not in KARPATHY_SPLITS[split]:
             continue
-        sentences = entry.get("sentences")
-        if not isinstance(entry.get("filename"), str) or not entry["filename"]:
-            bad.bad(where, "missing key 'filename'")
+        if prompts is None and entry.get("label") is not None:  # the file lacks something, not this image
+            raise ValueError(f"{where}: label={_short(entry['label'])} without a top-level class_prompts "
+                             "list: allowed labels together with class_prompts (zero-shot accuracy needs "
+                             "both), or neither")
+        problem, caps = _entry_problem(entry, prompts)
+        if problem:
+            bad.bad(where, problem)
             continue
-        if not isinstance(sentences, list) or not sentences:
-            bad.bad(where, "missing or empty 'sentences' list")
-            continue
-        caps = [s.get("raw", "").strip() if isinstance(s, dict) else "" for s in sentences]
-        if not all(caps):
-            bad.bad(where, "a sentence has no 'raw' caption text")
-            continue
-        label = entry.get("label")
-        records.append(_Record(root / entry.get("filepath", "") / entry["filename"], tuple(caps), where,
-                               label if isinstance(label, int) else None))
-    return records, prompts if isinstance(prompts, list) else None
+        records.append(_Record(root / entry.get("filepath", "") / entry["filename"], caps, where,
+                               entry.get("label")))
+    return records, prompts
+
+
+def _entry_problem(entry: dict, prompts: list[str] | None) -> tuple[str | None, tuple[str, ...]]:
+    """What is wrong with one Karpathy image entry (None if nothing), and its captions."""
+    for key, what in (("filepath", "a folder name (a string)"), ("filename", "a non-empty file name")):
+        value = entry.get(key, "" if key == "filepath" else None)
+        if not isinstance(value, str) or (key == "filename" and not value):
+            return f"{key}={_short(value)} is invalid: allowed {what}", ()
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        return f"sentences={_short(sentences)} is invalid: allowed a non-empty list of {{'raw': caption}}", ()
+    caps = []
+    for k, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str) or not raw.strip():
+            return f"sentences[{k}].raw={_short(raw)} is invalid: allowed a non-empty caption string", ()
+        caps.append(raw.strip())
+    label = entry.get("label")
+    n = len(prompts) if prompts is not None else 0
+    if prompts is not None and (isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n):
+        return (f"label={_short(label)} is invalid: allowed an integer class id in [0, {n - 1}] on every "
+                f"image (the file has {n} class_prompts)"), ()
+    return None, tuple(caps)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> FileSource:
@@ -199,10 +246,11 @@ def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> File
     if cfg.source == "csv":
         key = {"train": "path", "val": "val_path", "test": "test_path"}[split]
         path = _require_file(getattr(cfg, key), f"data.{key}")
+        root = path.parent
         records = _read_csv(path, cfg, bad)
     else:
         path = _require_file(cfg.path, "data.path")
-        root = Path(cfg.image_root) if cfg.image_root else path.parent
+        root = Path(cfg.image_root).expanduser() if cfg.image_root else path.parent
         if not root.is_dir():
             raise ValueError(f"data.image_root={str(root)!r} is invalid: allowed an existing folder")
         records, prompts = _read_karpathy(path, split, root, bad)
@@ -219,14 +267,21 @@ def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> File
         raise ValueError(f"{path}: split {split!r} has no usable images: allowed a split with at least one")
     if bad.n_skipped:
         log.warning("%s split %r: skipped %d bad rows/images (data.skip_bad)", path, split, bad.n_skipped)
-    return FileSource(good, name=f"{path}[{split}]", n_skipped=bad.n_skipped, class_prompts=prompts)
+    return FileSource(good, name=f"{path}[{split}]", n_skipped=bad.n_skipped, class_prompts=prompts,
+                      root=root)
 
 
 def validate_files(cfg: DataConfig) -> dict[str, int]:
-    """Check every split of a file data set; returns image counts per split and the total ``skipped``."""
+    """Check every split of a file data set, and that no image is in two splits (:mod:`.overlap`); returns
+    image counts per split and the total ``skipped``."""
+    from geomix.data.overlap import check_overlap
+
     counts: dict[str, int] = {"skipped": 0}
+    sources = {}
     for split in KARPATHY_SPLITS:
-        src = file_source(cfg, split)
+        sources[split] = src = file_source(cfg, split)
         counts[split] = len(src)
         counts["skipped"] += src.n_skipped
+    check_overlap({split: [(r.path, r.where) for r in src.records] for split, src in sources.items()},
+                  {split: src.root for split, src in sources.items()}, allow=cfg.allow_overlap)
     return counts

@@ -83,12 +83,24 @@ def _apply(transform: Callable[[Any], torch.Tensor], img: np.ndarray | Image.Ima
     return transform(img)
 
 
-def tokenize_all(tokenize: Tokenize, texts: Sequence[str], chunk: int = 8192) -> torch.Tensor:
-    """Tokenise ``texts`` in chunks -> LongTensor [len(texts), L]."""
+def tokenize_all(tokenize: Tokenize, texts: Sequence[str], chunk: int = 8192, *, name: str = "captions"
+                 ) -> torch.Tensor:
+    """Tokenise ``texts`` in chunks -> LongTensor [len(texts), L].
+
+    The tokenizer cuts a caption at its context length ``L`` without a word; a caption that fills all ``L``
+    positions (no padding left) was most likely cut, and one warning per call says how many and shows one.
+    """
     if not texts:
         raise ValueError("no captions to tokenise: allowed is at least one caption")
     parts = [torch.as_tensor(tokenize(list(texts[i : i + chunk]))) for i in range(0, len(texts), chunk)]
-    return torch.cat(parts).long()
+    tokens = torch.cat(parts).long()
+    full = torch.nonzero(tokens[:, -1] != 0).flatten()
+    if len(full):
+        i = int(full[0])
+        log.warning("%s: %d of %d captions fill the tokenizer's whole %d-token context and are cut there, "
+                    "e.g. caption %d (%d characters) %r", name, len(full), len(texts), tokens.shape[1], i,
+                    len(texts[i]), texts[i][:80] + ("..." if len(texts[i]) > 80 else ""))
+    return tokens
 
 
 class ImageSet(Dataset):
@@ -125,7 +137,7 @@ class TrainSet(Dataset):
         self.counts = torch.tensor([len(c) for c in captions], dtype=torch.long)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
         self.captions_text = [t for c in captions for t in c]
-        self.tokens = tokenize_all(tokenize, self.captions_text)
+        self.tokens = tokenize_all(tokenize, self.captions_text, name=_name(source, "train"))
         self.n_skipped = int(getattr(source, "n_skipped", 0))
         self.labels = source.labels
         self.class_prompts = source.class_prompts
@@ -170,6 +182,11 @@ class EvalSet:
     n_skipped: int = 0
 
 
+def _name(source: Source, split: str) -> str:
+    describe = getattr(source, "describe", None)
+    return describe() if callable(describe) else f"{split} captions"
+
+
 def make_eval_set(source: Source, transform: Callable[[Any], torch.Tensor], tokenize: Tokenize, *,
                   first_only: bool = False) -> EvalSet:
     texts: list[str] = []
@@ -181,7 +198,7 @@ def make_eval_set(source: Source, transform: Callable[[Any], torch.Tensor], toke
     labels = source.labels
     return EvalSet(
         images=ImageSet(source, transform),
-        captions=tokenize_all(tokenize, texts),
+        captions=tokenize_all(tokenize, texts, name=_name(source, "evaluation")),
         txt_to_img=torch.tensor(owners, dtype=torch.long),
         labels=None if labels is None else torch.tensor(labels, dtype=torch.long),
         class_prompts=source.class_prompts,
