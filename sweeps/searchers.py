@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import ray.cloudpickle
 
+from geomix.checks import check_choice
 from sweeps import tune_api as tune
 from sweeps.records import trial_status
 from sweeps.spec import SWEEP_METRIC, SWEEP_MODE, TIME_ATTR, SweepSpec
@@ -76,16 +77,34 @@ class PrunedAwareOptunaSearch(tune.OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+#: The Optuna samplers :func:`make_searcher` offers: TPE (the search's) and random (a baseline for it).
+SAMPLERS = ("tpe", "random")
+
+
+def make_sampler(
+    kind: str = "tpe", *, seed: int = 0, startup_trials: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """A seeded Optuna sampler: ``tpe`` (its first ``startup_trials`` suggestions are random; None = Optuna's
+    default, 10) or ``random``."""
+    check_choice("sampler", kind, SAMPLERS)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
+    return optuna.samplers.TPESampler(seed=seed, **startup)
+
+
 def make_searcher(
-    space: Callable[[Any], dict[str, Any]], spec: SweepSpec, *, seed: int = 0
+    space: Callable[[Any], dict[str, Any]], spec: SweepSpec, *, seed: int = 0, sampler: str = "tpe",
+    startup_trials: int | None = None,
 ) -> PrunedAwareOptunaSearch:
-    """TPE over the define-by-run ``space`` (``space(trial) -> {"trial": trial config}``,
-    ``sweeps.space.make_space``), its study in :func:`optuna_storage` under the sweep's name."""
+    """TPE (or another of :data:`SAMPLERS`, :func:`make_sampler`) over the define-by-run ``space``
+    (``space(trial) -> {"trial": trial config}``, ``sweeps.space.make_space``), its study in
+    :func:`optuna_storage` under the sweep's name."""
     return PrunedAwareOptunaSearch(
         space=space,
         metric=SWEEP_METRIC,
         mode=SWEEP_MODE,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=make_sampler(sampler, seed=seed, startup_trials=startup_trials),
         study_name=spec.name,
         storage=optuna_storage(spec),
     )
