@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -71,6 +75,38 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+_ADDRESS = re.compile(r"^(ray://)?([A-Za-z0-9._-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
+_ADDRESS_ALLOWED = ("local (start Ray here), auto (the cluster this machine belongs to: `ray up` / "
+                    "`ray start --head`), or HOST:PORT / ray://HOST:PORT of a running Ray head")
+
+
+def check_address(address: str) -> None:
+    """``--address`` names a Ray that answers, checked in seconds before anything starts (Ray itself retries
+    an unreachable address for minutes).
+
+    Raises:
+        ValueError: naming the address and what is allowed.
+    """
+    if address == "local":
+        return
+    if address == "auto":
+        current = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")  # where `ray start` says so
+        if os.environ.get("RAY_ADDRESS") or current.is_file():
+            return
+        raise ValueError("--address=auto is invalid here: no running Ray cluster on this machine; allowed "
+                         f"is {_ADDRESS_ALLOWED}")
+    match = _ADDRESS.match(address)
+    if match is None or not 0 < int(match.group(3)) < 65536:
+        raise ValueError(f"--address={address!r} is invalid: allowed is {_ADDRESS_ALLOWED}")
+    host, port = match.group(2).strip("[]"), int(match.group(3))
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ValueError(f"--address={address!r} is invalid: nothing answers at {host}:{port} ({why}); "
+                         f"allowed is {_ADDRESS_ALLOWED}") from None
+
+
 def spec_from_args(
     args: argparse.Namespace, sweep: SweepFile, *, methods: Mapping[str, Any] | None = None
 ) -> SweepSpec:
@@ -79,6 +115,7 @@ def spec_from_args(
     Raises:
         ValueError: a URI ``--results`` without ``--storage``, or a bad value, named.
     """
+    check_address(args.address)
     name = args.name or sweep.name
     results = args.results or str(Path("results") / name)
     if "://" not in results:
