@@ -4,9 +4,16 @@ All cases run side by side in one process: the repeats are interleaved (case A, 
 machine noise hits every case alike; the table reports medians and the ratio to CLIP at the same ``n``,
 and the minimum (the least-disturbed run, the steadier figure on a shared machine) with its ratio.
 The ``matmuls`` column is the number of ``n×n×d`` products (forward + backward) each case needs, divided
-by CLIP's; the measured ratio should track it, since everything else is ``O(n·d)`` or ``O(n²)``.
+by CLIP's; the rest is ``O(n²)`` and ``O(n·d)`` work, which the Gram path has more of.
+
+Cases: ``clip``, ``open_clip`` and the single terms ``m2``, ``v``, ``l``, ``vl`` are the one-process
+functions (the direct kernels, each term alone). ``m3`` is ``MixLoss`` with all four terms on the direct
+kernels (before), ``m3_gram`` the same on the Gram path (after, ``path='auto'``); ``m2_gram``, ``v_gram``,
+``l_gram``, ``vl_gram`` are the single-term methods (CLIP plus that term) on the Gram path.
 
     python benchmarks/loss_overhead.py                     # n in {128, 512, 1024}, d = 512
+    python benchmarks/loss_overhead.py --sizes 1024 4096 --repeats 7
+    python benchmarks/loss_overhead.py --threads 1         # one thread: steadier on a busy machine
     python benchmarks/loss_overhead.py --smoke-test        # tiny sizes, seconds
 """
 
@@ -22,27 +29,49 @@ import torch
 
 from geomix import losses as L
 from geomix.config import LambdaConfig, LossConfig, MixConfig
+from geomix.losses import gram
 
 # n×n×d products per case, forward + backward (a matmul's backward needs two more).
 _MATMULS = {"clip": 3, "open_clip": 6, "m2": 6, "v": 3, "l": 3, "vl": 3, "m3": 18}
+_M3 = {"w_m2": 1.0, "w_v": 0.5, "w_l": 0.5, "w_vl": 1.0}
+# The Gram-path cases: MixLoss (path='auto') with CLIP and these terms.
+_GRAM = {
+    "m3_gram": _M3,
+    "m2_gram": {"w_m2": 1.0},
+    "v_gram": {"w_v": 1.0},
+    "l_gram": {"w_l": 1.0},
+    "vl_gram": {"w_vl": 1.0},
+}
+
+
+def _gram_products(weights: dict[str, float]) -> int:
+    """The plan's product count (``tests/test_gram.py`` holds it to the products actually run)."""
+    terms = ["clip", *(k.removeprefix("w_") for k in weights)]
+    return gram.products(set().union(*(gram.needs(t, hist=False) for t in terms)), local=False)
+
+
+_MATMULS |= {name: _gram_products(weights) for name, weights in _GRAM.items()}
+
+
+def _mix_loss(weights: dict[str, float], path: str) -> Callable[..., torch.Tensor]:
+    mix = MixConfig(m2=LambdaConfig(alpha=1.0), v=LambdaConfig(alpha=0.2), l=LambdaConfig(alpha=0.2))
+    loss = L.MixLoss(LossConfig(**weights), mix, path=path)
+    return lambda i, t, s: loss(i, t, s, epoch=0, step=0, total_steps=1)[0]
 
 
 def _cases(n: int, device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
     perm = torch.arange(n - 1, -1, -1, device=device)
-    m3 = L.MixLoss(
-        LossConfig(w_m2=1.0, w_v=0.5, w_l=0.5, w_vl=1.0),
-        MixConfig(m2=LambdaConfig(alpha=1.0), v=LambdaConfig(alpha=0.2), l=LambdaConfig(alpha=0.2)),
-    )
     ref = open_clip.loss.ClipLoss()
-    return {
+    cases = {
         "clip": lambda i, t, s: L.clip_loss(i, t, s, check=False),
         "open_clip": lambda i, t, s: ref(i, t, s),
         "m2": lambda i, t, s: L.m2_mix_loss(i, t, 0.5, s, check=False),
         "v": lambda i, t, s: L.v_mix_loss(i, t, 0.5, perm, s, check=False),
         "l": lambda i, t, s: L.l_mix_loss(i, t, 0.5, perm, s, check=False),
         "vl": lambda i, t, s: L.vl_mix_loss(i, t, 0.5, perm, s, check=False),
-        "m3": lambda i, t, s: m3(i, t, s, epoch=0, step=0, total_steps=1)[0],
+        "m3": _mix_loss(_M3, "direct"),
     }
+    return cases | {name: _mix_loss(weights, "auto") for name, weights in _GRAM.items()}
 
 
 def _time_once(fn: Callable[..., torch.Tensor], img, txt, device: torch.device) -> float:
@@ -58,13 +87,15 @@ def _time_once(fn: Callable[..., torch.Tensor], img, txt, device: torch.device) 
     return time.perf_counter() - start
 
 
-def run(sizes: list[int], dim: int, repeats: int, warmup: int, device: torch.device) -> list[dict]:
+def run(
+    sizes: list[int], dim: int, repeats: int, warmup: int, device: torch.device, only: list[str] | None = None
+) -> list[dict]:
     rows = []
     for n in sizes:
         g = torch.Generator().manual_seed(n)
         img = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
         txt = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
-        cases = _cases(n, device)
+        cases = {k: f for k, f in _cases(n, device).items() if only is None or k in only or k == "clip"}
         times: dict[str, list[float]] = {k: [] for k in cases}
         for rep in range(warmup + repeats):
             for name, fn in cases.items():
@@ -95,12 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cases", nargs="+", help="only these cases (and clip, the reference)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes and few repeats (CI)")
     args = p.parse_args(argv)
     if args.smoke_test:
         args.sizes, args.dim, args.repeats, args.warmup = [16, 32], 8, 3, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = run(args.sizes, args.dim, args.repeats, args.warmup, device)
+    rows = run(args.sizes, args.dim, args.repeats, args.warmup, device, args.cases)
     print(
         f"# loss forward+backward, d={args.dim}, device={device}, threads={torch.get_num_threads()}, "
         f"{args.repeats} interleaved repeats, median"

@@ -17,7 +17,15 @@ import torch
 
 from geomix.checks import check_range
 
-__all__ = ["normalize", "geodesic_mix", "linear_mix", "check_features", "check_lam"]
+__all__ = [
+    "normalize",
+    "geodesic_mix",
+    "linear_mix",
+    "geodesic_weights",
+    "linear_weights",
+    "check_features",
+    "check_lam",
+]
 
 # Below this angle the geodesic and the normalised chord agree to O(θ²) relative error, and sin θ is too
 # small to divide by safely; above π - _ANTIPODAL_EPS the geodesic is (nearly) not unique.
@@ -129,16 +137,7 @@ def geodesic_mix(
     # cos from the normalised dot product: robust to rows that are only approximately unit (fp16 input).
     na = a32.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     nb = b32.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-    cos = ((a32 * b32).sum(-1, keepdim=True) / (na * nb)).clamp(-1.0, 1.0)
-    near = cos > _COS_SMALL
-    anti = cos < _COS_ANTIPODAL
-    regular = ~(near | anti)
-
-    # Slerp: acos and 1/sin θ see a safe dummy (cos = 0, θ = π/2) wherever this branch is unused.
-    theta = torch.acos(torch.where(regular, cos, torch.zeros_like(cos)))
-    sin_theta = torch.sin(theta)
-    ca_slerp = torch.sin(lam_c * theta) / sin_theta
-    cb_slerp = torch.sin((1.0 - lam_c) * theta) / sin_theta
+    near, anti, ca_slerp, cb_slerp = _arc(na, nb, (a32 * b32).sum(-1, keepdim=True), lam_c)
 
     # Antipodal: half a great circle from a (λ = 1) to -a (λ = 0) through u = (e_k - â_k·â)/r ⟂ â,
     # â = a/|a|, k = argmin |â_k|, r = sqrt(1 - â_k²) >= sqrt(1 - 1/d) (safe for d >= 2). Written as
@@ -148,18 +147,54 @@ def geodesic_mix(
     r = torch.sqrt(1.0 - ak * ak)
     phi = (1.0 - lam_c) * math.pi
     if not isinstance(phi, torch.Tensor):
-        phi = torch.full_like(cos, phi)
+        phi = torch.full_like(na, phi)
     ca_anti = (torch.cos(phi) - torch.sin(phi) * ak / r) / na
     ce_anti = torch.sin(phi) / r
 
     # Near-identical rows: the chord λa + (1-λ)b, within O(θ²) of the arc.
-    zero = torch.zeros_like(cos)
+    zero = torch.zeros_like(na)
     ca = torch.where(near, lam_c + zero, torch.where(anti, ca_anti, ca_slerp))
     cb = torch.where(near, 1.0 - lam_c + zero, torch.where(anti, zero, cb_slerp))
     ce = torch.where(anti, ce_anti, zero)
     out = (ca * a32 + cb * b32).scatter_add(-1, k, ce)
     out = out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     return out.to(out_dtype)
+
+
+def _arc(
+    na: torch.Tensor, nb: torch.Tensor, ab: torch.Tensor, lam_c: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The slerp weights on ``a`` and ``b`` from the row norms and dot product (``[n, 1]`` each), and the
+    masks of the near-identical and nearly antipodal rows, where those weights are a safe dummy."""
+    cos = (ab / (na * nb)).clamp(-1.0, 1.0)
+    near = cos > _COS_SMALL
+    anti = cos < _COS_ANTIPODAL
+    regular = ~(near | anti)
+
+    # Slerp: acos and 1/sin θ see a safe dummy (cos = 0, θ = π/2) wherever this branch is unused.
+    theta = torch.acos(torch.where(regular, cos, torch.zeros_like(cos)))
+    sin_theta = torch.sin(theta)
+    ca_slerp = torch.sin(lam_c * theta) / sin_theta
+    cb_slerp = torch.sin((1.0 - lam_c) * theta) / sin_theta
+    return near, anti, ca_slerp, cb_slerp
+
+
+def geodesic_weights(
+    aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor, lam: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`geodesic_mix` as weights, from the row Gram entries ``a·a``, ``b·b``, ``a·b`` (float32 ``[n]``).
+
+    ``geodesic_mix(a, b, λ) = normalize(ca·a + cb·b)`` on every row except where ``anti`` is set: there the
+    antipodal branch needs ``a``'s coordinates, and ``ca``, ``cb`` are only a finite dummy. The losses'
+    Gram path (``geomix.losses.gram``) forms mixed logits from these, with the same branches and safe
+    denominators as the mix itself.
+    """
+    lam_c = lam.detach().to(ab) if isinstance(lam, torch.Tensor) else float(lam)
+    na = aa.sqrt().clamp_min(_NORM_EPS)
+    nb = bb.sqrt().clamp_min(_NORM_EPS)
+    near, anti, ca_slerp, cb_slerp = _arc(na, nb, ab, lam_c)
+    zero = torch.zeros_like(ab)
+    return torch.where(near, lam_c + zero, ca_slerp), torch.where(near, 1.0 - lam_c + zero, cb_slerp), anti
 
 
 def linear_mix(
@@ -176,18 +211,25 @@ def linear_mix(
     _check_pair(a, b, lam, check)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     a32, b32 = a.float(), b.float()
-    lam_c = _lam_column(lam, a32)
-    if isinstance(lam_c, torch.Tensor):
-        lam_c = lam_c.detach()
-    # |λa + (1-λ)b|² from row Gram entries ([n, 1]); a (near-)zero chord has no direction, so those rows
-    # fall back to a and value and gradient stay finite.
     aa = (a32 * a32).sum(-1, keepdim=True)
     bb = (b32 * b32).sum(-1, keepdim=True)
     ab = (a32 * b32).sum(-1, keepdim=True)
+    ca, cb = linear_weights(aa, bb, ab, _lam_column(lam, a32))
+    out = ca * a32 + cb * b32
+    return (out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)).to(out_dtype)
+
+
+def linear_weights(
+    aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor, lam: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`linear_mix` as weights ``normalize(ca·a + cb·b)``, from the row Gram entries ``a·a``, ``b·b``,
+    ``a·b`` (any matching shapes; ``lam`` a float or a tensor broadcasting against them)."""
+    lam_c = lam.detach().to(ab) if isinstance(lam, torch.Tensor) else float(lam)
+    # |λa + (1-λ)b|² from row Gram entries; a (near-)zero chord has no direction, so those rows fall back
+    # to a and value and gradient stay finite.
     sq = lam_c * lam_c * aa + (1.0 - lam_c) ** 2 * bb + 2.0 * lam_c * (1.0 - lam_c) * ab
     degenerate = sq < 1e-6  # chord shorter than 1e-3: its direction is mostly rounding error
     zero = torch.zeros_like(ab)
     ca = torch.where(degenerate, zero + 1.0, lam_c + zero)
     cb = torch.where(degenerate, zero, 1.0 - lam_c + zero)
-    out = ca * a32 + cb * b32
-    return (out / out.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)).to(out_dtype)
+    return ca, cb

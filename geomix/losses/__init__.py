@@ -6,7 +6,8 @@ distributed gathering) and :class:`InputMixLoss` (the i-Mix / Un-Mix input-level
 :func:`mix_inputs`).
 
 Modules: :mod:`._common` (checks, soft-target CE, row shares), :mod:`.kernels` (the per-term kernels the
-registry names), :mod:`.functional` (the public one-process functions), :mod:`.inputmix` (i-Mix, Un-Mix),
+registry names), :mod:`.gram` (the same terms from three Gram matrices, which ``MixLoss`` picks by product
+count), :mod:`.functional` (the public one-process functions), :mod:`.inputmix` (i-Mix, Un-Mix),
 :mod:`.distributed` (gathering), :mod:`.module` (``MixLoss``).
 """
 

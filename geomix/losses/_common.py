@@ -119,6 +119,26 @@ def _lam_rows(lam: Lam, r: tuple[int, int]) -> Lam:
     return lam
 
 
+def _pair_targets(
+    lam: Lam, perm: torch.Tensor, inv: torch.Tensor, idx: torch.Tensor, r: tuple[int, int]
+) -> tuple[tuple[torch.Tensor, torch.Tensor, Lam], tuple[torch.Tensor, torch.Tensor, Lam]]:
+    """The two-entry targets of a pair-mixed set (``_soft_pair_share``), as ``(la, lb, wa)`` per direction.
+
+    Mixed row ``i`` holds pair ``i`` with weight ``λ_i`` and pair ``π(i)`` with ``1-λ_i``: its row of
+    ``Y = diag(λ)·Id + diag(1-λ)·P_π`` is ``(i, π(i), λ_i)``. Row ``k`` of ``Yᵀ`` (the other direction) is
+    ``(k, π⁻¹(k), ·)``, with the column of ``Y`` renormalised to sum to one for a per-row ``λ``.
+    """
+    lam_r = _lam_rows(lam, r)
+    inv_r = inv[idx]
+    if isinstance(lam, torch.Tensor) and lam.ndim == 1:
+        # Column k of Y holds λ_k (row k) and 1-λ_{π⁻¹(k)} (row π⁻¹(k)).
+        own, other = lam_r, 1.0 - lam[inv_r]
+        wa = own / (own + other)
+    else:
+        wa = lam_r
+    return (idx, perm[idx], lam_r), (idx, inv_r, wa)
+
+
 def _nll2(logits: torch.Tensor, la: torch.Tensor, lb: torch.Tensor, wa: Lam) -> torch.Tensor:
     """Mean over rows of ``-(wa·log_softmax(Z_i)[la_i] + (1-wa)·log_softmax(Z_i)[lb_i])``.
 
@@ -135,6 +155,74 @@ def _nll_w(logits: torch.Tensor, labels: torch.Tensor, w: Lam) -> torch.Tensor:
     if isinstance(w, torch.Tensor) and w.ndim == 1:
         return (w * F.cross_entropy(logits, labels, reduction="none")).mean()
     return w * F.cross_entropy(logits, labels)
+
+
+class _LineCE(torch.autograd.Function):
+    """``Σ_l W_l·logsumexp(s·z_l) - Σ_{k,l} V_kl·s·z_l[labels_kl]`` over the lines ``z_l`` of ``z`` along
+    ``dim`` (rows for ``dim=1``, columns for ``dim=0``), ``W_l = Σ_k V_kl``, summed over one or both
+    directions, with the backward written out.
+
+    The gradient ``s·(W_l·softmax(s·z_l) - Σ_k V_kl·onehot(labels_kl))`` is one pass over the kept ``exp``
+    per direction and a scatter of the targets; built from ``logsumexp`` and ``gather`` instead, autograd
+    fills an ``n×n`` zero buffer per gather and adds every use's gradient separately. The scale ``s > 0``
+    (a float or a 0-d tensor, which may require grad) costs no pass of its own: it rides on the shift, and
+    its gradient is one dot product. Each direction is ``(dim, labels [K, L] int64, V [K, L])``, which carry
+    no gradient; not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, scale: Scale, *directions) -> torch.Tensor:
+        s = torch.as_tensor(scale, dtype=z.dtype, device=z.device)
+        loss, kept = 0.0, []
+        for dim, labels, v in zip(directions[0::3], directions[1::3], directions[2::3]):
+            m = s * z.amax(dim, keepdim=True)  # the max of s·z, as s > 0
+            e = torch.addcmul(-m, z, s).exp_()
+            total = e.sum(dim, keepdim=True)
+            index, v = (labels, v) if dim == 0 else (labels.T, v.T)
+            w = v.sum(dim)
+            loss = loss + (w * (m + total.log()).squeeze(dim)).sum() - s * (z.gather(dim, index) * v).sum()
+            kept.append((dim, e, total, index, v, w))
+        ctx.kept = kept  # intermediates; z itself goes through save_for_backward
+        ctx.save_for_backward(s, z if ctx.needs_input_grad[1] else None)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        s, z = ctx.saved_tensors
+        dz = None
+        for dim, e, total, _, _, w in ctx.kept:
+            f = (grad * s * w).unsqueeze(dim) / total
+            dz = e * f if dz is None else dz.addcmul_(e, f)
+        for dim, _, _, index, v, _ in ctx.kept:
+            dz.scatter_add_(dim, index, -grad * s * v)
+        ds = None if z is None else torch.vdot(dz.reshape(-1), z.reshape(-1)) / s
+        return (dz, ds, *[None] * (3 * len(ctx.kept)))
+
+
+def _targets(
+    z: torch.Tensor, dim: int, la: torch.Tensor, lb: torch.Tensor | None = None, wa: Lam = 1.0, w: Lam = 1.0
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """One direction of :class:`_LineCE`: the mean over the lines of ``z`` along ``dim`` of
+    ``-w·(wa·log_softmax[la] + (1-wa)·log_softmax[lb])`` (``lb=None``: mass ``w`` at ``la`` alone)."""
+    lines = z.shape[1 - dim]
+    mass = (w / lines) * z.new_ones(lines)
+    if lb is None:
+        return dim, la.unsqueeze(0), mass.unsqueeze(0).detach()
+    return dim, torch.stack([la, lb]), torch.stack([mass * wa, mass * (1.0 - wa)]).detach()
+
+
+def _line_ce(z: torch.Tensor, dim: int, *targets, scale: Scale = 1.0) -> torch.Tensor:
+    """Mean over the lines of ``scale·z`` along ``dim`` (1: rows, 0: columns) of
+    ``-w·(wa·log_softmax[la] + (1-wa)·log_softmax[lb])`` (``targets = (la, lb, wa, w)``, as
+    :func:`_targets`): :func:`_nll2` and :func:`_nll_w` along either axis, through :class:`_LineCE`."""
+    return _LineCE.apply(z, scale, *_targets(z, dim, *targets))
+
+
+def _two_way_ce(z: torch.Tensor, rows: tuple, cols: tuple, *, scale: Scale = 1.0) -> torch.Tensor:
+    """``_line_ce(z, 1, *rows) + _line_ce(z, 0, *cols)`` in one :class:`_LineCE`, whose backward writes one
+    gradient for both directions."""
+    return _LineCE.apply(z, scale, *_targets(z, 1, *rows), *_targets(z, 0, *cols))
 
 
 def _inverse(perm: torch.Tensor) -> torch.Tensor:

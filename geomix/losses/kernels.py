@@ -17,7 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from geomix.config import LossConfig
-from geomix.losses._common import Lam, MixFn, Scale, _idx, _inverse, _lam_rows, _nll2, _nll_w, _rows, _share
+from geomix.losses._common import (
+    Lam,
+    MixFn,
+    Scale,
+    _idx,
+    _inverse,
+    _lam_rows,
+    _nll2,
+    _nll_w,
+    _pair_targets,
+    _rows,
+    _share,
+)
 
 Observation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -79,19 +91,11 @@ def _soft_pair_share(
     """
     n = im.shape[0]
     r = _rows(rows, n)
-    idx = _idx(r, im.device)
-    lam_r = _lam_rows(lam, r)
+    to_mixed, to_clean = _pair_targets(lam, perm, inv, _idx(r, im.device), r)
     logits = s * im[r[0] : r[1]] @ t.T
-    to_t = _nll2(logits, idx, perm[idx], lam_r)
+    to_t = _nll2(logits, *to_mixed)
     logits_t = logits.T if rows is None else s * t[r[0] : r[1]] @ im.T
-    inv_r = inv[idx]
-    if isinstance(lam, torch.Tensor) and lam.ndim == 1:
-        # Column k of Y holds λ_k (row k) and 1-λ_{π⁻¹(k)} (row π⁻¹(k)).
-        own, other = lam_r, 1.0 - lam[inv_r]
-        wa = own / (own + other)
-    else:
-        wa = lam_r
-    to_i = _nll2(logits_t, idx, inv_r, wa)
+    to_i = _nll2(logits_t, *to_clean)
     return 0.5 * (to_t + to_i) * _share(r, n)
 
 

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from geomix import registry
-from geomix.checks import check_range
+from geomix.checks import check_choice, check_range
 from geomix.config import LossConfig, MixConfig
+from geomix.losses import gram
 from geomix.losses._common import (
     Scale,
     _check_batch_shapes,
@@ -20,6 +21,8 @@ from geomix.losses._common import (
 from geomix.losses.distributed import _dist_ready, _gather, _replicated_scale
 from geomix.losses.kernels import Observation, TermInputs, _clip_share, _Partners, _perm_partners
 from geomix.mixing import HistoryPartner, build_lambda_policy, build_partner_policy
+
+PATHS = ("auto", "gram", "direct")
 
 
 class MixLoss(nn.Module):
@@ -47,6 +50,11 @@ class MixLoss(nn.Module):
         mix_cfg: geometry, partner policy and per-term λ policies.
         rank, world_size: this process's place in the data-parallel group.
         generator_seed: seeds λ and partner draws (and the fixed projections of ``progressive``).
+        path: how the built-in terms' logits are formed. ``'auto'``: each term on whichever of the Gram
+            path (:mod:`geomix.losses.gram`, logits from ``I·Tᵀ``, ``I·Iᵀ``, ``T·Tᵀ``) and its direct
+            kernel needs fewer ``n×n×d`` products; ``'gram'``: every built-in term on the Gram path;
+            ``'direct'``: the per-term kernels of :mod:`geomix.losses.kernels`. The values agree to float
+            rounding.
     """
 
     def __init__(
@@ -57,8 +65,10 @@ class MixLoss(nn.Module):
         rank: int = 0,
         world_size: int = 1,
         generator_seed: int = 0,
+        path: str = "auto",
     ) -> None:
         super().__init__()
+        check_choice("path", path, PATHS)
         if loss_cfg.kind != "contrastive":
             raise ValueError(
                 f"loss.kind={loss_cfg.kind!r} is invalid for MixLoss: allowed 'contrastive' "
@@ -72,6 +82,9 @@ class MixLoss(nn.Module):
         self.weights = {t: float(loss_cfg.weight(t)) for t in terms}
         self.active = tuple(t for t in terms if self.weights[t] > 0)
         self.kernels = {t: registry.kernel_of(registry.TERMS[t]) for t in self.active}
+        self.path = path
+        self._gram_terms = tuple(t for t in self.active if gram.name_of(self.kernels[t]) is not None)
+        self._plans: dict[tuple[bool, bool], tuple[str, ...]] = {}
         self._uses_partners = any(registry.TERMS[t].uses_partners for t in self.active)
         self._mix = _mixer(mix_cfg.geometry)
         self.generator = torch.Generator().manual_seed(int(generator_seed))
@@ -193,19 +206,42 @@ class MixLoss(nn.Module):
         """Each active term's row share, and the (mixed, a-side, b-side) sets progressive policies observe.
 
         Draw order (part of the seeded stream): this step's partners (if any active term uses them), then
-        each active term's λ in registry order.
+        each active term's λ in registry order. The kernels draw nothing, so all λ come first.
         """
-        shares = {"clip": _clip_share(i, t, s, rows)}
-        observations: dict[str, Observation] = {}
         part = self._partners(i.shape[0], i.device) if self._uses_partners else None
         inputs = TermInputs(i, t, s, rows, self._mix, part, self.loss_cfg)
+        draw = dict(step=step, total_steps=total_steps)
+        lams = {k: self.policies[k].sample(self.generator, **draw) for k in self.active}
+        on_gram = self._plan(rows is not None, part is not None and part.hist is not None)
+        done = {} if on_gram is None else gram.shares(inputs, lams, {k: self.kernels[k] for k in on_gram})
+        shares = {"clip": done["clip"][0] if done else _clip_share(i, t, s, rows)}
+        observations: dict[str, Observation] = {}
         for name in self.active:
-            policy = self.policies[name]
-            lam = policy.sample(self.generator, step=step, total_steps=total_steps)
-            shares[name], obs = self.kernels[name](inputs, lam)
-            if policy.needs_observation:
-                observations[name] = obs
+            if name in done:
+                shares[name], observe = done[name]  # the Gram path forms the observation only if asked
+            else:
+                shares[name], obs = self.kernels[name](inputs, lams[name])
+                observe = lambda obs=obs: obs  # noqa: E731
+            if self.policies[name].needs_observation:
+                observations[name] = observe()
         return shares, observations
+
+    def _plan(self, local: bool, hist: bool) -> tuple[str, ...] | None:
+        """The active terms computed on the Gram path this step, with CLIP; ``None``: everything direct.
+
+        ``'auto'`` asks :func:`gram.plan` once per (local rows, history partners) for the fewest products;
+        ``'gram'`` puts every built-in term there, and CLIP too when no term is active.
+        """
+        if self.path == "direct":
+            return None
+        if self.path == "gram":
+            return self._gram_terms
+        key = (local, hist)
+        if key not in self._plans:
+            names = tuple(gram.name_of(self.kernels[t]) for t in self._gram_terms)
+            chosen = set(gram.plan(names, local, hist))
+            self._plans[key] = tuple(t for t, k in zip(self._gram_terms, names) if k in chosen)
+        return self._plans[key] or None
 
     # Resume: generator, λ-policy and partner state travel inside the module's state_dict.
     def get_extra_state(self) -> dict:
