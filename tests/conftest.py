@@ -168,3 +168,41 @@ def tiny_overrides(tiny_base):
     from geomix import config as C
 
     return [f"{k}={v}" for k, v in C.flatten(tiny_base).items()]
+
+
+@pytest.fixture(scope="session")
+def gloo_spawn():
+    """``run(worker, world, out)``: ``worker(rank, port, out)`` in ``world`` gloo processes on a free local
+    port; returns each rank's ``out/rank<r>.pt``."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    def run(worker, world: int, out: Path) -> list:
+        if not dist.is_available():
+            pytest.skip("torch.distributed is not available")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(worker, args=(port, str(out)), nprocs=world, join=True)
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+    return run
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch):
+    """A bad input that is not refused reaches training, the base-model build or Ray: fail the test."""
+    import sweeps.cli
+    import sweeps.session
+    from geomix import basemodel, loop
+
+    def started(*args, **kwargs):
+        raise AssertionError("a bad input was not refused: training or Ray started")
+
+    monkeypatch.setattr(loop.Trainer, "fit", started)
+    monkeypatch.setattr(basemodel, "_build", started)
+    monkeypatch.setattr(sweeps.session, "ray_session", started)
+    monkeypatch.setattr(sweeps.cli, "prepare_base_models", started)
