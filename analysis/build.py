@@ -18,13 +18,16 @@ from analysis.render import EXTENSIONS, Table, render
 from store import METRIC_COLUMNS
 
 
-def build_tables(trials: pd.DataFrame, *, metric: str = "rsum", top_k: int = 10) -> list[Table]:
+def build_tables(
+    trials: pd.DataFrame, *, metric: str = "rsum", top_k: int = 10, holm: bool = True
+) -> list[Table]:
     """Every table the data supports, in the paper's order (tables without data are left out).
 
     Args:
         trials: a trials frame (``store.read_results``), prepared once here for all tables.
         metric: the objective of the hyper-parameter and search tables.
         top_k: rows of the best-trials table.
+        holm: Holm-adjust the comparisons with FT (paired columns, claims); False = unadjusted.
 
     Raises:
         ValueError: ``metric`` is neither a metric column nor a column of ``trials``.
@@ -32,7 +35,8 @@ def build_tables(trials: pd.DataFrame, *, metric: str = "rsum", top_k: int = 10)
     if metric not in METRIC_COLUMNS and metric not in trials.columns:
         raise ValueError(f"metric={metric!r} is invalid: allowed one of {', '.join(METRIC_COLUMNS)}")
     trials = prepare(trials)
-    return [t for fn in catalog.builders() for t in catalog.call(fn, trials, metric=metric, k=top_k)]
+    options = {"metric": metric, "k": top_k, "holm": holm}
+    return [t for fn in catalog.builders() for t in catalog.call(fn, trials, **options)]
 
 
 def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike[str], fmt: str) -> list[Path]:

@@ -1,7 +1,8 @@
-"""``python analysis/tables.py RESULTS... [--format markdown|latex|csv] [--out DIR] [--figures]``.
+"""``python analysis/tables.py RESULTS... [--format markdown|latex|csv] [--out DIR] [--figures] [--no-holm]``.
 
 Also installed as ``geomix-tables``. Prints every table to stdout; ``--out`` writes one file per table,
-``--figures`` the figures under ``OUT/figures``.
+``--figures`` the figures under ``OUT/figures``; ``--no-holm`` turns off Holm's adjustment of the
+comparisons with FT (``docs/statistics.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--figures", action="store_true", help="write the figures (PNG + PDF) under OUT/figures")
     p.add_argument("--metric", default="rsum", help="objective for the hyper-parameter tables (default rsum)")
     p.add_argument("--top-k", type=int, default=10, help="rows of the best-trials table (default 10)")
+    p.add_argument(
+        "--no-holm",
+        dest="holm",
+        action="store_false",
+        help="unadjusted intervals and marks in the comparisons with FT (default: Holm-adjusted per metric)",
+    )
     return p
 
 
@@ -53,7 +60,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python analysis/tabl
         if args.out:  # before anything is printed: a table on the console and none on disk helps nobody
             check_writable_dir("--out", args.out)
         trials, history = read_folders(args.results)
-        tables = build_tables(trials, metric=args.metric, top_k=args.top_k)
+        tables = build_tables(trials, metric=args.metric, top_k=args.top_k, holm=args.holm)
     except ValueError as e:
         parser.error(str(e))
     sys.stdout.write("\n".join(render(t, args.format) for t in tables))

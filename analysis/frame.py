@@ -38,6 +38,10 @@ _PREPARED = "geomix_prepared"
 
 
 def _metric_name(metric: str) -> str:
+    """The registry name of a column: ``val_rsum``, ``test_rsum`` and ``eval.<set>.rsum`` -> ``rsum``."""
+    if metric.startswith("eval."):
+        _, dot, name = metric[len("eval."):].partition(".")
+        return name if dot and name else metric
     parsed = split_metric_key(metric)
     return parsed[1] if parsed is not None else metric
 
@@ -45,7 +49,8 @@ def _metric_name(metric: str) -> str:
 def direction(metric: str) -> bool | None:
     """True if higher ``metric`` is better, False if lower, None if descriptive (never marked best).
 
-    ``val_`` / ``test_`` prefixes are ignored; a name the registry does not know counts as higher-is-better.
+    ``val_`` / ``test_`` / ``eval.<set>.`` prefixes are ignored; a name the registry does not know counts as
+    higher-is-better (the few-shot and arithmetic percentages among them).
     """
     name = _metric_name(metric)
     if name in _LOWER_IS_BETTER_STATS:
@@ -210,9 +215,12 @@ def numeric(df: pd.DataFrame, cols: Sequence[str], keep: Iterable[str] = ()) -> 
     base = ["dataset", "method", "seed", "status", *[c for c in keep if c in df.columns]]
     if "method_rank" in df.columns:
         base.append("method_rank")
-    out = df[[*base, *[c for c in cols if c not in base]]].copy()
+    # One concat instead of a column assignment per metric: no fragmented frame on hundreds of columns.
+    rest = {c: pd.to_numeric(df[c], errors="coerce") for c in cols if c not in base}
+    out = pd.concat([df[base], pd.DataFrame(rest, index=df.index)], axis=1)
     for c in cols:
-        out[c] = pd.to_numeric(out[c], errors="coerce")
+        if c in base:
+            out[c] = pd.to_numeric(out[c], errors="coerce")
     return out
 
 

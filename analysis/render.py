@@ -94,6 +94,9 @@ _LATEX = {
     "λ": r"$\lambda$",
     "Δ": r"$\Delta$",
     "σ": r"$\sigma$",
+    "δ": r"$\delta$",
+    "γ": r"$\gamma$",
+    "†": r"$\dagger$",
     "✓": r"\checkmark{}",
     "–": "--",
     "—": "---",
@@ -102,7 +105,7 @@ _LATEX = {
 
 
 def latex_escape(s: str) -> str:
-    """Escape LaTeX specials (``\\ & % $ # _ { } ~ ^``) and map ``± → τ α β λ ² ³ ✓ –`` to LaTeX."""
+    """Escape LaTeX specials (``\\ & % $ # _ { } ~ ^``) and map ``± → τ α β λ δ † ² ³ ✓ –`` to LaTeX."""
     return "".join(_LATEX.get(ch, ch) for ch in str(s))
 
 

@@ -55,13 +55,69 @@ def _metrics(rng: np.random.Generator, quality: np.ndarray) -> dict[str, np.ndar
     return out
 
 
+#: With ``evals=True``: how much each method forgets of the base model's source styles (made up; ZS, the
+#: base model itself, forgets nothing). Search trials forget :data:`_SEARCH_FORGET`.
+FORGET: dict[str, float] = {
+    "zs": 0.0, "ft": 6.0, "ft_tau0.05": 6.0, "ft_tau0.10": 7.0, "imix": 5.0, "unmix": 5.5, "m2_mix": 4.5,
+    "v_mix": 5.0, "l_mix": 5.5, "vl_mix": 4.5, "m3_mix": 3.0, "m3_mix_linear": 4.0,
+}
+_SEARCH_FORGET = 5.0
+#: The embedded data's styles as extra evaluation sets: the fine-tune target, then the base model's.
+EVAL_STYLES = ("dark", "flat", "outline", "textured")
+FEWSHOT_SHOTS = (1, 4, 16)
+_ARITH_KIND_OFFSET = {"colour": 10.0, "shape": 5.0, "size": 0.0, "position": -5.0, "count": -10.0}
+
+
+def _probe_metrics(
+    rng: np.random.Generator, quality: np.ndarray, *, arithmetic: bool
+) -> dict[str, np.ndarray]:
+    """Few-shot accuracies ``fewshot_k<k>`` and (``arithmetic``) the ``arith_*`` columns from a latent
+    quality [n]."""
+    n = quality.shape[0]
+    out: dict[str, np.ndarray] = {}
+    for k in FEWSHOT_SHOTS:
+        acc = 30 + 8 * np.log2(k + 1) + 0.5 * quality + rng.normal(0, 1.0, n)
+        out[f"fewshot_k{k}"] = np.clip(acc, 0, 100)
+    if arithmetic:
+        for r, base in ((1, 20.0), (5, 45.0)):
+            per_kind = []
+            for kind, off in _ARITH_KIND_OFFSET.items():
+                v = np.clip(base + off + 0.6 * quality + rng.normal(0, 1.0, n), 0, 100)
+                out[f"arith_r{r}_{kind}"] = v
+                per_kind.append(v)
+            out[f"arith_r{r}"] = np.mean(per_kind, axis=0)
+    return out
+
+
+def _eval_metrics(
+    rng: np.random.Generator, quality: np.ndarray, forget: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``eval.<style>.<metric>`` for every style of :data:`EVAL_STYLES`: the target ``dark`` at the trial's
+    quality, the source styles at what the base model knew minus what the method forgot."""
+    out: dict[str, np.ndarray] = {}
+    for i, style in enumerate(EVAL_STYLES):
+        q = quality if style == "dark" else 5.0 - forget - 0.5 * i + rng.normal(0, 0.5, quality.shape[0])
+        metrics = {**_metrics(rng, q), **_probe_metrics(rng, q, arithmetic=True)}
+        out.update({f"eval.{style}.{k}": v for k, v in metrics.items()})
+    return out
+
+
 def synthetic_trials(
-    n_trials: int, *, seeds: int = 3, search_frac: float = 0.5, fail_frac: float = 0.05, seed: int = 0
+    n_trials: int,
+    *,
+    seeds: int = 3,
+    search_frac: float = 0.5,
+    fail_frac: float = 0.05,
+    seed: int = 0,
+    evals: bool = False,
 ) -> pd.DataFrame:
     """A trials frame of ``n_trials`` rows: ablation methods x seeds, the rest Optuna-style search trials.
 
     Search trials vary ``mix.m2.alpha``, ``mix.m2.beta``, ``loss.w_m2``, ``loss.tau`` and the λ policy.
-    A ``fail_frac`` share is failed / diverged / early-stopped, with no metrics.
+    A ``fail_frac`` share is failed / diverged / early-stopped, with no metrics. With ``evals``, the trials
+    also carry the end-of-run probes on the primary test split (``fewshot_k1/4/16``, ``arith_r1``,
+    ``arith_r5`` and per kind) and every metric of the four styles as extra evaluation sets
+    (``eval.<style>.<metric>``; target ``dark``, sources ``flat outline textured``, see :data:`FORGET`).
     """
     rng = np.random.default_rng(seed)
     base = flatten(to_dict(TrainConfig()))
@@ -106,8 +162,13 @@ def synthetic_trials(
     )
     df["status"] = status
     df["error"] = np.where(status == "completed", None, "synthetic " + status.astype(object))
-    for k, v in _metrics(rng, quality).items():
-        df[k] = np.where(status == "completed", v, np.nan)
+    metrics = _metrics(rng, quality)
+    if evals:
+        forget = np.array([FORGET.get(m, _SEARCH_FORGET) for m in method])
+        metrics.update(_probe_metrics(rng, quality, arithmetic=True))
+        metrics.update(_eval_metrics(rng, quality, forget))
+    done = status == "completed"
+    df = pd.concat([df, pd.DataFrame({k: np.where(done, v, np.nan) for k, v in metrics.items()})], axis=1)
     df["steps"] = 100
     df["wall_s"] = rng.uniform(10, 20, n_trials)
     df["schema_version"] = SCHEMA_VERSION

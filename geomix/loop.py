@@ -50,7 +50,6 @@ class _Diverged(Exception):
     """A non-finite loss term or gradient; the message names the term and the step."""
 
 
-
 def train_model(cfg: TrainConfig, model: nn.Module, preprocess: Callable, tokenizer: Callable) -> nn.Module:
     """Train ``model`` in place with the loop of :func:`run`, on one process, without evaluation or
     checkpoints (how :mod:`geomix.basemodel` pre-trains the embedded base model; ``cfg.run.progress``:
@@ -135,7 +134,8 @@ class Trainer:
         self.train_time = 0.0
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
-        self.evaluator = Evaluator(cfg.data, self.transform, tokenizer, device, self.autocast_dtype)
+        self.evaluator = Evaluator(cfg.data, self.transform, tokenizer, device, self.autocast_dtype,
+                                   cfg.evaluation, seed=cfg.run.seed, share_key=cfg.model.name)
         self._pending: tuple[dict[str, Any], str | None] | None = None
 
     # ---- the trial ----------------------------------------------------------------------------------------
@@ -158,14 +158,14 @@ class Trainer:
                 log.warning("run diverged: %s", e)
                 result.update(status="diverged", error=str(e))
         if result["status"] == "completed" and self.do_eval:
-            result.update(self._evaluate("test", save_as="test"))
+            result.update(self._evaluate("test", save_as="test", extra=True, probes=True))
         result.update(
             steps=self.step,
             samples_seen=self.samples_seen,
             samples_per_s=self.samples_seen / self.train_time if self.train_time > 0 else 0.0,
             device=str(self.device),
             num_workers=self.world,
-            node_ids=self._node_ids(),
+            node_ids=runtime.node_ids(self.hooks, self.world),
         )
         if self.do_eval:
             self._report_final(result)
@@ -175,7 +175,8 @@ class Trainer:
         """The learning curves' first point: the starting model on the validation split, reported with
         ``epoch=0, step=0`` and no checkpoint. Evaluation draws no random numbers (the loss owns its
         generator, the batches theirs, and the model is in eval mode), so training is unchanged."""
-        self._report({**self._progress_metrics(0, reset=False), **self._evaluate("val")}, None)
+        self._report({**self._progress_metrics(0, reset=False),
+                      **self._evaluate("val", extra=self.cfg.evaluation.sets_every_eval)}, None)
 
     def _report_final(self, result: dict[str, Any]) -> None:
         """One last report: the last evaluation point's metrics, the test metrics, ``status`` and
@@ -221,8 +222,8 @@ class Trainer:
         if not (evaluate or checkpoint):
             return
         metrics_ = self._progress_metrics(epoch_done, reset=True)
-        if evaluate:
-            metrics_.update(self._evaluate("val"))
+        if evaluate:  # extra sets on request, never at the last epoch: the final evaluation has them
+            metrics_.update(self._evaluate("val", extra=cfg.evaluation.sets_every_eval and not last))
         ckpt_dir = self._save_checkpoint(epoch_done) if checkpoint else None
         if last:  # the final report carries it, with the test metrics (Ray keeps a checkpoint's metrics)
             self._pending = (metrics_, ckpt_dir)
@@ -330,18 +331,23 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------------------
 
-    def _evaluate(self, split: str, *, prefix: str = "", save_as: str | None = None) -> dict[str, float]:
-        """Rank 0 evaluates the unwrapped model on the whole split; the other ranks wait for it. Keys are
-        ``<prefix><split>_<metric>`` (``val_rsum``, ``start_test_rsum``)."""
+    def _evaluate(self, split: str, *, prefix: str = "", save_as: str | None = None, extra: bool = False,
+                  probes: bool = False) -> dict[str, float]:
+        """Rank 0 evaluates the unwrapped model on the whole split (``extra``: and the extra sets, keys
+        ``eval.<set>.<metric>``; ``probes``: few-shot and arithmetic too); the other ranks wait for it.
+        Keys are ``<prefix><split>_<metric>`` (``val_rsum``, ``start_test_rsum``)."""
         out: dict[str, float] = {}
         if self.rank == 0:
             scale = self.fixed_scale
             if scale is None:
                 scale = float(self.model.logit_scale.detach().exp())
-            res, emb, ev = self.evaluator.evaluate(self.model, split, scale)
+            res, emb, ev = self.evaluator.evaluate(self.model, split, scale, probes=probes)
             out = {prefix + metric_key(split, k): v for k, v in res.items()}
             if save_as and self.cfg.run.save_embeddings and self.cfg.run.out_dir:
                 save_embeddings(os.path.join(self.cfg.run.out_dir, f"embeddings_{save_as}.npz"), emb, ev)
+            if extra:
+                out.update(self.evaluator.evaluate_sets(self.model, scale, probes=probes,
+                                                        test=res if split == "test" else None))
         if self.world > 1:
             dist.barrier()
         return out
@@ -355,16 +361,6 @@ class Trainer:
             self.hooks.report(metrics_, checkpoint_dir)
         elif getattr(self.hooks, "all_ranks", False):
             self.hooks.report({}, None)  # only rank 0 reports content; the others just meet the barrier
-
-    def _node_ids(self) -> str | None:
-        node_id = getattr(self.hooks, "node_id", None)
-        mine = node_id() if callable(node_id) else None
-        if self.world > 1:
-            ids: list[Any] = [None] * self.world
-            dist.all_gather_object(ids, mine)
-        else:
-            ids = [mine]
-        return ",".join(str(i) for i in ids) if any(i is not None for i in ids) else None
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 

@@ -32,6 +32,13 @@ __all__ = [
     "SPLITS",
     "metric_key",
     "split_metric_key",
+    "EVAL_PREFIX",
+    "eval_key",
+    "is_split",
+    "ARITH_KINDS",
+    "ARITH_KEYS",
+    "fewshot_key",
+    "metric_info",
 ]
 
 
@@ -177,16 +184,62 @@ METRIC_KEYS: tuple[str, ...] = tuple(METRICS)
 #: The splits a metric can be reported for; a reported key is ``<split>_<metric>`` (``val_rsum``).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
+#: The prefix of an extra evaluation set's metrics: ``eval.<set>.<metric>`` (report keys and columns).
+EVAL_PREFIX = "eval."
+
 
 def metric_key(split: str, metric: str) -> str:
     """``("test", "rsum") -> "test_rsum"``: the one place the split prefix is added."""
     return f"{split}_{metric}"
 
 
+def eval_key(set_name: str, metric: str) -> str:
+    """``("flat", "rsum") -> "eval.flat.rsum"``: a metric of an extra evaluation set (``data.eval_*``)."""
+    return f"{EVAL_PREFIX}{set_name}.{metric}"
+
+
 def split_metric_key(key: str) -> tuple[str, str] | None:
-    """``"val_rsum" -> ("val", "rsum")``; None for a key without a split prefix (``train_loss`` is a
-    training statistic, not a metric of the train split, so only ``val_`` and ``test_`` count)."""
+    """``"val_rsum" -> ("val", "rsum")``, ``"eval.flat.rsum" -> ("eval.flat", "rsum")``; None for a key
+    without a split prefix (``train_loss`` is a training statistic, not a metric of the train split, so
+    only ``val_``, ``test_`` and ``eval.<set>.`` count)."""
+    if key.startswith(EVAL_PREFIX):
+        set_name, dot, name = key[len(EVAL_PREFIX):].partition(".")
+        return (EVAL_PREFIX + set_name, name) if set_name and dot and name else None
     split, _, name = key.partition("_")
     if split in ("val", "test") and name:
         return split, name
+    return None
+
+
+def is_split(name: str) -> bool:
+    """A split of the history table: ``train``, ``val``, ``test`` or ``eval.<set>``."""
+    if name.startswith(EVAL_PREFIX):
+        rest = name[len(EVAL_PREFIX):]
+        return bool(rest) and "." not in rest
+    return name in SPLITS
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the end-of-run probes: few-shot linear probe and embedding arithmetic (``geomix.evaluation``)
+
+#: The attribute kinds of the embedding-arithmetic queries (``geomix.data.arithmetic``).
+ARITH_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position", "count")
+
+#: The arithmetic metrics, overall first: R@1 / R@5 in percent over all queries, then per kind.
+ARITH_KEYS: tuple[str, ...] = ("arith_r1", "arith_r5", *(f"arith_r{k}_{kind}" for kind in ARITH_KINDS
+                                                        for k in (1, 5)))
+
+
+def fewshot_key(k: int) -> str:
+    """``4 -> "fewshot_k4"``: the linear probe's accuracy (percent) with ``k`` images per class."""
+    return f"fewshot_k{int(k)}"
+
+
+def metric_info(name: str) -> Metric | None:
+    """The :class:`Metric` of any metric column name: the evaluation metrics, ``fewshot_k<k>`` and the
+    arithmetic keys (all percentages, higher is better); None for a name that is not a metric."""
+    if name in METRICS:
+        return METRICS[name]
+    if name in ARITH_KEYS or (name.startswith("fewshot_k") and name[len("fewshot_k"):].isdigit()):
+        return Metric(name, True)
     return None

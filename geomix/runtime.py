@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -84,3 +85,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"run.precision={precision!r} is invalid on the CPU: allowed 'auto' or 'fp32' (bf16 "
                          "and fp16 autocast are for CUDA devices)")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def node_ids(hooks: Any, world: int) -> str | None:
+    """The comma-joined node id of every rank (``hooks.node_id()``, a Ray Train worker's), or None."""
+    node_id = getattr(hooks, "node_id", None)
+    mine = node_id() if callable(node_id) else None
+    if world > 1:
+        ids: list[Any] = [None] * world
+        dist.all_gather_object(ids, mine)
+    else:
+        ids = [mine]
+    return ",".join(str(i) for i in ids) if any(i is not None for i in ids) else None

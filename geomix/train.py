@@ -24,6 +24,7 @@ import yaml
 from geomix import atomic, logs, registry
 from geomix.checks import check_writable_dir, fail
 from geomix.config import EMBEDDED_BASE, MixConfig, TrainConfig, load_config, load_yaml, save_config, to_dict
+from geomix.registry import EVAL_PREFIX, eval_key
 
 if TYPE_CHECKING:
     from geomix.loop import Hooks
@@ -76,6 +77,13 @@ def check_trial(cfg: TrainConfig, *, here: bool = True) -> dict[str, int]:
     if cfg.optim.batch_size > counts["train"]:
         fail("optim.batch_size", cfg.optim.batch_size, f"at most the training set size {counts['train']} "
              "(every step takes one full batch)")
+    if cfg.evaluation.fewshot_shots:  # given explicitly: every labelled set must take every k
+        from geomix.metrics.probe import check_shots
+
+        for name, labels in gdata.eval_labels(cfg.data).items():
+            if labels is not None:
+                where = "the test split" if name == "test" else f"evaluation set {name!r}"
+                check_shots(labels, cfg.evaluation.fewshot_shots, f"evaluation.fewshot_shots (on {where})")
     return counts
 
 
@@ -150,9 +158,26 @@ def summary_table(result: dict[str, Any]) -> str:
         f"status={result['status']} steps={result['steps']} samples/s={result['samples_per_s']:.1f} "
         f"wall={result.get('wall_s', 0):.1f}s device={result['device']}"
     )
+    lines += _sets_table(result)
     if result.get("error"):
         lines.append(f"error: {result['error']}")
     return "\n".join(lines)
+
+
+def _sets_table(result: dict[str, Any]) -> list[str]:
+    """The final metrics of the test split and of every extra evaluation set, one column each."""
+    sets = list(dict.fromkeys(k.split(".")[1] for k in result if k.startswith(EVAL_PREFIX)))
+    if not sets:
+        return []
+    keys = ["rsum", "r1_i2t", "zs_acc", "ece"]
+    keys += sorted({k[5:] for k in result if k.startswith("test_fewshot_k")}, key=lambda k: int(k[9:]))
+    keys += [k for k in ("arith_r1", "arith_r5") if f"test_{k}" in result]
+    cols = ["test", *sets]
+    lines = ["", "final, per evaluation set", f"{'metric':<12}" + "".join(f"{c:>10}" for c in cols)]
+    for k in keys:
+        got = [result.get(f"test_{k}" if c == "test" else eval_key(c, k), float("nan")) for c in cols]
+        lines.append(f"{k:<12}" + "".join(f"{v:>10.2f}" for v in got))
+    return lines
 
 
 def method_name(cfg: TrainConfig) -> str:

@@ -25,6 +25,7 @@ import yaml
 from pyarrow import fs as pafs
 
 from geomix.dotted import flatten
+from geomix.registry import is_split
 from store import buffer
 from store.columns import coerce
 from store.fs import exists, resolve, save_file
@@ -59,8 +60,9 @@ def _check_rows(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
             )
         if table == "trials" and row.get("status") is not None and row["status"] not in STATUSES:
             raise ValueError(f"trials row {i} status={row['status']!r} is invalid: allowed one of {STATUSES}")
-        if table == "history" and row["split"] not in SPLITS:
-            raise ValueError(f"history row {i} split={row['split']!r} is invalid: allowed one of {SPLITS}")
+        if table == "history" and not is_split(str(row["split"])):
+            raise ValueError(f"history row {i} split={row['split']!r} is invalid: allowed one of {SPLITS} "
+                             "or eval.<set>")
         row["trial_id"] = str(row["trial_id"])
         row["schema_version"] = SCHEMA_VERSION
         row.pop(WRITTEN_AT, None)

@@ -21,6 +21,7 @@ from pyarrow import fs as pafs
 
 import store
 from geomix.config import TrainConfig, from_dict
+from geomix.registry import EVAL_PREFIX
 from store.fs import join, resolve
 from sweeps import tune_api as tune
 from sweeps.identity import trial_key
@@ -51,10 +52,14 @@ def trial_status(result: Mapping[str, Any] | None, error: bool) -> str:
     return "early_stopped"
 
 
+#: Reported keys that are metrics: of the validation and test splits, and of the extra evaluation sets.
+_METRIC_PREFIXES = ("val_", "test_", EVAL_PREFIX)
+
+
 def history_rows(trial_id: str, result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One Tune result -> ``history`` rows (``store.history_rows``), without Tune's own keys."""
     report = {k: v for k, v in result.items()
-              if (k in _HISTORY_KEYS or k.startswith(("val_", "test_", "loss_", "lam_"))) and _is_num(v)}
+              if (k in _HISTORY_KEYS or k.startswith((*_METRIC_PREFIXES, "loss_", "lam_"))) and _is_num(v)}
     if "step" not in report:
         return []
     rows = store.history_rows(trial_id, report)
@@ -91,7 +96,7 @@ def trial_row(
     if result.get("steps") is None and "step" in result:
         result["steps"] = result["step"]
     kept = {k: v for k, v in result.items()
-            if k in _TRIAL_KEYS or (k.startswith(("test_", "val_")) and _is_num(v))}
+            if k in _TRIAL_KEYS or (k.startswith(_METRIC_PREFIXES) and _is_num(v))}
     kept.update(timing)
     if trial.get("method_rank") is not None:
         kept["method_rank"] = int(trial["method_rank"])

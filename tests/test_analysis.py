@@ -19,6 +19,7 @@ import analysis
 import store
 from analysis import cli, frame, plots
 from analysis.build import build_tables
+from analysis.catalog.claims import table_claims
 from analysis.catalog.hyper import table_beta_grid, table_policy_level, table_tau
 from analysis.catalog.paired import table_paired
 from analysis.catalog.retrieval import table_quality, table_retrieval
@@ -241,16 +242,22 @@ def test_user_method_id_shows_under_its_own_name_in_yaml_order(tmp_path):
     assert t.frame["method"].tolist() == ["FT", "m3_w1", "ZS"]
     assert t.frame["i→t R@1"].tolist() == ["10.50 ± 0.71", "16.00 ± 1.41", "21.50 ± 2.12"]
     assert table_quality(trials).frame["method"].tolist() == ["FT", "m3_w1", "ZS"]
-    paired = table_paired(trials, metrics=("r1_i2t",)).frame
+    paired = table_paired(trials, metrics=("r1_i2t",), holm=False).frame
     assert paired["method"].tolist() == ["m3_w1", "ZS"]
     # Differences 5, 6 and 10, 12 over two seeds: t(0.975, 1) = 12.706, half-widths 6.35 and 12.71.
     assert paired["Δ r1_i2t [95% CI]"].tolist() == ["+5.50 [-0.85, +11.85]", "+11.00 [-1.71, +23.71]"]
+    # Holm (the default) over the 2 comparisons: equal p-values, both adjusted to 2p, so both intervals are
+    # Bonferroni's 97.5 % ones: t(0.9875, 1) = 25.45, half-widths 12.73 and 25.45.
+    holm = table_paired(trials, metrics=("r1_i2t",)).frame
+    assert holm["Δ r1_i2t [95% CI]"].tolist() == ["+5.50 [-7.23, +18.23]", "+11.00 [-14.45, +36.45]"]
 
 
 def test_summary_is_the_rendered_table1(results_dir, trials):
     text = analysis.summary(str(results_dir))
-    assert text == render(table_retrieval(trials), "markdown")
-    assert text == GOLDEN.read_text(encoding="utf-8")  # the sweep prints the same bytes as before
+    table1 = render(table_retrieval(trials), "markdown")
+    assert table1 == GOLDEN.read_text(encoding="utf-8")  # the sweep prints Table 1 as before ...
+    # ... then, with m³-Mix and FT in the folder, the paper-claims section (no eval sets: no robustness).
+    assert text == "\n".join([table1, render(table_claims(trials), "markdown")])
 
 
 def test_summary_without_retrieval_metrics_is_a_plain_group_by(tmp_path):
@@ -577,6 +584,7 @@ def test_cli_writes_tables_and_figures(results_dir, tmp_path, capsys):
         "table3_policy_level",
         "table3_top_trials",
         "table4_paired_vs_ft",
+        "paper_claims",
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{n}.tex" for n in names), "figures"])
     assert stdout == "\n".join((out / f"{n}.tex").read_text(encoding="utf-8") for n in names)
@@ -677,7 +685,7 @@ def test_tables_benchmark_script_runs_small():
         check=True,
     )
     lines = out.stdout.splitlines()
-    assert re.fullmatch(r"300 trials x \d+ columns -> 8 tables", lines[0]), lines[0]
+    assert re.fullmatch(r"300 trials x \d+ columns -> 9 tables", lines[0]), lines[0]  # 8 + the claims
     steps = [
         "write_rows (not in total)",
         "read_results",

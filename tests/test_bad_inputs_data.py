@@ -63,7 +63,7 @@ def data(tmp_path_factory):
     write_csv("wrong_cap_col.csv", [["filepath", "caption"], *rows["train"][1:]])
     write_csv("empty_caption.csv", [*rows["train"], ["images/train/000000.png", ""]])
     write_csv("empty_path.csv", [*rows["train"], ["", "a caption"]])
-    write_csv("extra_field.csv", [*rows["train"], ["images/train/000000.png", "a", "b"]])
+    write_csv("extra_field.csv", [*rows["train"], ["images/train/000000.png", "a", "b", "c"]])
     write_csv("missing_image.csv", [*rows["train"], ["images/train/nope.png", "a caption"]])
     write_csv("header_only.csv", [rows["train"][0]])
     write_csv("overlap_path.csv", [rows["test"][0], *rows["test"][1:], rows["train"][1]])

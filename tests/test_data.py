@@ -167,7 +167,7 @@ def test_bad_build_arguments():
         build_eval_set(DataConfig(), "train", None, _tok)
     with pytest.raises(ValueError, match="styles='neon'"):
         build_train_set(DataConfig(), None, _tok, styles=("neon",))
-    assert validate_data(DataConfig())["test"] == 512
+    assert validate_data(DataConfig())["test"] == 1024
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def test_export_cli_single_split(tmp_path, capsys):
     assert [m["split"] for m in meta["images"]] == ["test"] * 3
     assert all(len(m["sentences"]) == 6 and m["style"] == "outline" for m in meta["images"])
     rows = (tmp_path / "test.csv").read_text().splitlines()
-    assert rows[0] == "filepath\ttitle" and len(rows) == 1 + 3 * 6
+    assert rows[0] == "filepath\ttitle\tlabel" and len(rows) == 1 + 3 * 6
     from PIL import Image
 
     assert Image.open(tmp_path / "images" / "test" / "000002.png").size == (48, 48)

@@ -4,8 +4,9 @@
 module here (a function ``trials -> Table | list[Table] | None`` decorated with ``@table(order=...)``) and
 its test; nothing else lists it. The paper's tables sit at orders 10-80, in the paper's order.
 
-A builder may take ``metric`` (the objective of the hyper-parameter tables) and ``k`` (rows of a best-of
-table) as keyword arguments; :func:`builders` passes what the function's signature names.
+A builder may take ``metric`` (the objective of the hyper-parameter tables), ``k`` (rows of a best-of
+table) and ``holm`` (Holm-adjust comparisons with FT, default on) as keyword arguments; :func:`call` passes
+what the function's signature names.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from geomix.config.io import (
 from geomix.config.schema import (
     SECTIONS,
     DataConfig,
+    EvaluationConfig,
     LambdaConfig,
     LossConfig,
     MixConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
     "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SEPARATORS",
     "SHAPE_STYLES",
-    "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "LambdaConfig", "LossConfig", "MixConfig",
+    "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "EvaluationConfig", "LambdaConfig",
+    "LossConfig", "MixConfig",
     "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
 ]

@@ -69,9 +69,11 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         return value
     origin = typing.get_origin(tp)
     if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, Mapping) and len(args) == 2 and typing.get_origin(args[0]) is tuple:
+            value = [list(item) for item in value.items()]  # name -> value pairs may be written as a mapping
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             fail(name, value, "a list")
-        args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value))
         if len(args) != len(value):

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from geomix import registry
 from geomix.checks import ConfigError, check_choice, check_range, check_seed, fail
+from geomix.config.evaluation import EvaluationConfig, check_eval_data
+from geomix.config.lambdas import LambdaConfig
 from geomix.config.sections import (
     EMBEDDED_BASE,
     SEPARATORS,
@@ -25,47 +27,13 @@ from geomix.config.sections import (
     DataSource,
     Decay,
     Device,
-    Estimator,
     EvalCaptions,
     Geometry,
-    LambdaPolicyName,
     LossKind,
     PartnerPolicyName,
     Precision,
     _Section,
 )
-
-
-@dataclass(frozen=True)
-class LambdaConfig(_Section):
-    """How one mix term draws its λ each step (``docs/losses.md``, *λ policies*).
-
-    ``beta``: λ ~ Beta(alpha, beta) with ``beta=None`` meaning symmetric Beta(alpha, alpha).
-    ``fixed``: λ = value. ``progressive``: P-Mixup's rule with ``temperature`` (T) and ``sigma``, distances
-    estimated by ``estimator`` ('sliced' with ``n_projections`` fixed random directions, or 'exact' OT,
-    which needs POT). ``history``: an EMA of Beta draws with ``momentum`` (see ``geomix.mixing``).
-    """
-
-    section: ClassVar[str] = "lambda"
-    policy: LambdaPolicyName = "beta"
-    alpha: float = 0.5
-    beta: float | None = None
-    value: float = 0.5
-    temperature: float = 0.05
-    sigma: float = 0.2
-    estimator: Estimator = "sliced"
-    n_projections: int = 64
-    momentum: float = 0.9
-
-    def _check(self, p: str) -> None:
-        check_range(f"{p}.alpha", self.alpha, 0.0, None, lo_open=True)
-        if self.beta is not None:
-            check_range(f"{p}.beta", self.beta, 0.0, None, lo_open=True)
-        check_range(f"{p}.value", self.value, 0.0, 1.0)
-        check_range(f"{p}.temperature", self.temperature, 0.0, None, lo_open=True)
-        check_range(f"{p}.sigma", self.sigma, 0.0, 1.0)
-        check_range(f"{p}.n_projections", self.n_projections, 1, None)
-        check_range(f"{p}.momentum", self.momentum, 0.0, 1.0, hi_open=True)
 
 
 def _term_values(given: Mapping[str, Any], default: Any, what: str) -> tuple[tuple[str, Any], ...]:
@@ -238,6 +206,9 @@ class DataConfig(_Section):
     ``csv_separator``, tab or comma), with ``val_path``/``test_path`` for the evaluation splits.
     ``source='json'``: Karpathy-split JSON at ``path`` with images under ``image_root``. A file the source
     does not read stays None. An image in two splits (path or content) is refused unless ``allow_overlap``.
+
+    Evaluation sets (``eval_styles``, ``eval_sets``, ``eval_size``) and labels on CSV data
+    (``csv_label_key``, ``class_list``, ``class_templates``): see :mod:`geomix.config.evaluation`.
     """
 
     section: ClassVar[str] = "data"
@@ -257,10 +228,16 @@ class DataConfig(_Section):
     base_styles: tuple[str, ...] = ("flat", "outline", "textured")
     train_size: int = 2048
     val_size: int = 256
-    test_size: int = 512
+    test_size: int = 1024
     captions_per_image: int = 5
     eval_captions: EvalCaptions = "all"
     loader_workers: int = 0
+    eval_styles: tuple[str, ...] | None = None
+    eval_size: int | None = None
+    eval_sets: tuple[tuple[str, str], ...] = ()
+    csv_label_key: str | None = None
+    class_list: str | None = None
+    class_templates: tuple[str, ...] = ("a photo of a {}.",)
 
     def _check(self, p: str) -> None:
         if self.source != "shapes" and not self.path:
@@ -288,6 +265,13 @@ class DataConfig(_Section):
                     if style in styles[:i]:
                         fail(f"{p}.{name}", list(styles), "a list of distinct styles")
             check_range(f"{p}.image_size", self.image_size, 16, 256)
+        check_eval_data(self, p)
+
+    def eval_set_names(self) -> tuple[str, ...]:
+        """The names of the extra evaluation sets, in order (the styles, or the ``eval_sets`` keys)."""
+        if self.source == "shapes":
+            return tuple(SHAPE_STYLES if self.eval_styles is None else self.eval_styles)
+        return tuple(name for name, _ in self.eval_sets)
 
 
 @dataclass(frozen=True)
@@ -401,6 +385,7 @@ class TrainConfig(_Section):
     mix: MixConfig = field(default_factory=MixConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def _check(self, p: str) -> None:
         if not self.method:
@@ -410,10 +395,11 @@ class TrainConfig(_Section):
 #: The top-level sections of a :class:`TrainConfig`, by key.
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "mix": MixConfig, "optim": OptimConfig,
-    "run": RunConfig,
+    "run": RunConfig, "evaluation": EvaluationConfig,
 }
 
 __all__ = [
-    "ConfigError", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig", "ModelConfig", "OptimConfig",
+    "ConfigError", "EvaluationConfig", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig",
+    "ModelConfig", "OptimConfig",
     "RunConfig", "TrainConfig", "SECTIONS",
 ]

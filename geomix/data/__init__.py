@@ -33,6 +33,9 @@ __all__ = [
     "ShapesData",
     "TrainSet",
     "build_eval_set",
+    "build_named_set",
+    "eval_labels",
+    "same_as_test",
     "build_train_set",
     "validate_data",
 ]
@@ -115,6 +118,45 @@ def build_eval_set(
     log.info("%s set: %s", split, source.describe())
     first_only = cfg.eval_captions == "first"
     return make_eval_set(source, _transform(cfg, transform), tokenize, first_only=first_only)
+
+
+def build_named_set(
+    cfg: DataConfig,
+    name: str,
+    transform: Callable[[Any], torch.Tensor] | None,
+    tokenize: Callable[[list[str]], torch.Tensor],
+) -> EvalSet:
+    """Extra evaluation set ``name`` (one of ``cfg.eval_set_names()``): ``cfg.eval_size`` test images of
+    style ``name`` for the embedded data, the file ``cfg.eval_sets[name]`` otherwise."""
+    check_choice("evaluation set", name, cfg.eval_set_names())
+    source = _named_source(cfg, name)
+    log.info("evaluation set %s: %s", name, source.describe())
+    first_only = cfg.eval_captions == "first"
+    return make_eval_set(source, _transform(cfg, transform), tokenize, first_only=first_only)
+
+
+def _named_source(cfg: DataConfig, name: str):
+    if cfg.source == "shapes":
+        return _source(cfg, "test", (name,), cfg.eval_size or cfg.test_size)
+    from geomix.data.loaders import eval_set_source
+
+    return eval_set_source(cfg, name)
+
+
+def same_as_test(cfg: DataConfig, name: str) -> bool:
+    """Whether extra set ``name`` holds exactly the images and captions of the test split (the embedded
+    target style at the test size), so its metrics are the test split's and need no second pass."""
+    return (cfg.source == "shapes" and tuple(cfg.styles) == (name,)
+            and (cfg.eval_size or cfg.test_size) == cfg.test_size)
+
+
+def eval_labels(cfg: DataConfig) -> dict[str, list[int] | None]:
+    """Class ids of every evaluation set, for checks before training: ``"test"`` and each extra set's name
+    -> its labels, or None for a set without labels. Reads the files (no image is decoded)."""
+    out: dict[str, list[int] | None] = {"test": _source(cfg, "test", None, None).labels}
+    for name in cfg.eval_set_names():
+        out[name] = _named_source(cfg, name).labels
+    return out
 
 
 def _check_styles(styles: tuple[str, ...] | list[str]) -> None:

@@ -5,7 +5,8 @@ Usage::
     python -m geomix.data.export --out DIR --size 512 --styles dark --split test [--split val ...]
 
 Layout of ``DIR``: ``images/<split>/<index>.png``; ``<split>.csv`` (tab-separated, columns ``filepath``
-and ``title``, one row per caption, paths relative to ``DIR``); ``dataset_karpathy.json`` with every
+``title`` and ``label``, one row per caption, paths relative to ``DIR``; ``label`` is the class name,
+e.g. ``red circle``, for ``data.csv_label_key=label``); ``dataset_karpathy.json`` with every
 exported split (Karpathy format plus ``label`` per image and top-level ``class_prompts``). PNG is lossless,
 so the CSV and JSON loaders give back exactly the embedded pixels and captions. The JSON is rewritten
 with the splits of this call only.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from geomix.data.shapes import SPLITS, STYLES, ShapesData, class_prompts
+from geomix.data.shapes import SPLITS, STYLES, ShapesData, class_names, class_prompts
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ def export_shapes(
         tmp = csv_path.with_name(csv_path.name + ".tmp")
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["filepath", "title"])
+            writer.writerow(["filepath", "title", "label"])
+            names = class_names()
             for i in range(len(data)):
                 name = f"{i:06d}.png"
                 Image.fromarray(data.image(i)).save(folder / name)
                 caps = data.captions(i)
-                writer.writerows([f"images/{split}/{name}", c] for c in caps)
+                writer.writerows([f"images/{split}/{name}", c, names[data.label(i)]] for c in caps)
                 images.append({
                     "filepath": f"images/{split}",
                     "filename": name,

@@ -25,6 +25,7 @@ to decode later raises an error naming the file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -57,11 +58,13 @@ class FileSource:
     """
 
     def __init__(self, records: list[_Record], *, name: str, n_skipped: int = 0,
-                 class_prompts: list[str] | None = None, root: Path | None = None) -> None:
+                 class_prompts: list[str] | None = None, root: Path | None = None,
+                 prompt_groups: int = 1) -> None:
         self.records, self.name, self.n_skipped, self.root = records, name, n_skipped, root
         has_labels = class_prompts is not None and all(r.label is not None for r in records)
         self.labels: list[int] | None = [int(r.label) for r in records] if has_labels else None
         self.class_prompts = class_prompts if has_labels else None
+        self.prompt_groups = int(prompt_groups)  # prompts per class, class-major (prompt ensembling)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -132,7 +135,10 @@ def _csv_records(path: Path, reader: csv.DictReader, cfg: DataConfig, bad: _Coll
     columns = reader.fieldnames
     if not columns:
         raise ValueError(f"{path}: the file is empty: allowed a header row naming the columns")
-    for key, value in (("csv_img_key", cfg.csv_img_key), ("csv_caption_key", cfg.csv_caption_key)):
+    keys = [("csv_img_key", cfg.csv_img_key), ("csv_caption_key", cfg.csv_caption_key)]
+    if cfg.csv_label_key is not None:
+        keys.append(("csv_label_key", cfg.csv_label_key))
+    for key, value in keys:
         if value not in columns:
             other = "comma" if cfg.csv_separator == "\t" else "tab"
             hint = (f"; the header looks {other}-separated: set data.csv_separator={other}"
@@ -141,19 +147,62 @@ def _csv_records(path: Path, reader: csv.DictReader, cfg: DataConfig, bad: _Coll
                 f"{path}: data.{key}={value!r} is not a column of the file: allowed columns are "
                 f"{', '.join(repr(c) for c in columns)} (separator {cfg.csv_separator!r}{hint})"
             )
-    grouped: dict[str, tuple[list[str], str]] = {}
+    grouped: dict[str, tuple[list[str], str, str | None]] = {}
+    label_key = cfg.csv_label_key
     for row in reader:
         where = f"{path}:{reader.line_num}"
         img, cap = (row.get(cfg.csv_img_key) or "").strip(), (row.get(cfg.csv_caption_key) or "").strip()
+        label = (row.get(label_key) or "").strip() if label_key is not None else None
         if None in row:
             bad.bad(where, f"row has more fields than the {len(columns)} columns of the header")
         elif not img:
             bad.bad(where, f"empty image path in column {cfg.csv_img_key!r}")
         elif not cap:
             bad.bad(where, f"empty caption in column {cfg.csv_caption_key!r}")
+        elif label is not None and not label:
+            bad.bad(where, f"empty class name in column {label_key!r} (data.csv_label_key)")
+        elif img in grouped and grouped[img][2] != label:
+            bad.bad(where, f"image {img!r} has class {label!r} here but {grouped[img][2]!r} at "
+                    f"{grouped[img][1]}: allowed one class per image")
         else:
-            grouped.setdefault(img, ([], where))[0].append(cap)
-    return [_Record(path.parent / img, tuple(caps), where) for img, (caps, where) in grouped.items()]
+            grouped.setdefault(img, ([], where, label))[0].append(cap)
+    return [_Record(path.parent / img, tuple(caps), where, label)
+            for img, (caps, where, label) in grouped.items()]
+
+
+def read_class_list(path_text: str) -> list[str]:
+    """``data.class_list``: class names, one per line (blank lines and ``#`` comments skipped), distinct."""
+    path = _require_file(path_text, "data.class_list")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): allowed a UTF-8 file of "
+                         "class names, one per line") from None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"data.class_list={path_text!r} is invalid: the file names no class; allowed a file "
+                         "of class names, one per line")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"data.class_list={path_text!r} is invalid: class {name!r} is listed twice; "
+                             "allowed distinct class names")
+        seen.add(name)
+    return names
+
+
+def _csv_classes(cfg: DataConfig, records: list[_Record], path: Path) -> tuple[list[_Record], list[str]]:
+    """Class names -> ids (the order of ``data.class_list``, or the split's distinct names sorted)."""
+    names = read_class_list(cfg.class_list) if cfg.class_list else sorted({str(r.label) for r in records})
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for r in records:
+        if r.label not in index:
+            raise ValueError(f"{r.where}: class {r.label!r} (column data.csv_label_key="
+                             f"{cfg.csv_label_key!r}) is invalid: allowed a class of "
+                             f"data.class_list={cfg.class_list!r} ({len(names)} classes: {_short(names)})")
+        out.append(_Record(r.path, r.captions, r.where, index[r.label]))
+    return out, names
 
 
 def _read_karpathy(
@@ -242,7 +291,7 @@ def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> File
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size={size!r} is invalid: allowed a positive integer or None")
     bad = _Collector(cfg.skip_bad)
-    prompts = None
+    prompts, groups = None, 1
     if cfg.source == "csv":
         key = {"train": "path", "val": "val_path", "test": "test_path"}[split]
         path = _require_file(getattr(cfg, key), f"data.{key}")
@@ -267,8 +316,36 @@ def file_source(cfg: DataConfig, split: str, *, size: int | None = None) -> File
         raise ValueError(f"{path}: split {split!r} has no usable images: allowed a split with at least one")
     if bad.n_skipped:
         log.warning("%s split %r: skipped %d bad rows/images (data.skip_bad)", path, split, bad.n_skipped)
+    if cfg.source == "csv" and cfg.csv_label_key is not None:
+        good, names = _csv_classes(cfg, good, path)
+        prompts = [t.format(name) for name in names for t in cfg.class_templates]
+        groups = len(cfg.class_templates)
     return FileSource(good, name=f"{path}[{split}]", n_skipped=bad.n_skipped, class_prompts=prompts,
-                      root=root)
+                      root=root, prompt_groups=groups)
+
+
+def set_config(cfg: DataConfig, name: str) -> tuple[DataConfig, str]:
+    """``(config, split)`` that reads extra evaluation set ``name`` of ``cfg.eval_sets`` with
+    :func:`file_source`: a CSV as the test file, or a Karpathy JSON's ``test`` split (images under the
+    JSON's folder)."""
+    path = dict(cfg.eval_sets)[name]
+    if cfg.source == "csv":
+        return dataclasses.replace(cfg, test_path=path), "test"
+    return dataclasses.replace(cfg, path=path, image_root=None), "test"
+
+
+def eval_set_source(cfg: DataConfig, name: str, *, size: int | None = None) -> FileSource:
+    """Extra evaluation set ``name`` of ``cfg.eval_sets`` (a missing file is named
+    ``data.eval_sets.<name>``)."""
+    path = dict(cfg.eval_sets).get(name)
+    if path is None:
+        raise ValueError(f"evaluation set {name!r} is invalid: allowed one of data.eval_sets "
+                         f"{[n for n, _ in cfg.eval_sets]}")
+    _require_file(path, f"data.eval_sets.{name}")
+    set_cfg, split = set_config(cfg, name)
+    src = file_source(set_cfg, split, size=size)
+    src.name = f"{name}={src.name}"
+    return src
 
 
 def validate_files(cfg: DataConfig) -> dict[str, int]:
@@ -282,6 +359,16 @@ def validate_files(cfg: DataConfig) -> dict[str, int]:
         sources[split] = src = file_source(cfg, split)
         counts[split] = len(src)
         counts["skipped"] += src.n_skipped
-    check_overlap({split: [(r.path, r.where) for r in src.records] for split, src in sources.items()},
-                  {split: src.root for split, src in sources.items()}, allow=cfg.allow_overlap)
+    for name, _ in cfg.eval_sets:
+        key = f"eval.{name}"
+        sources[key] = src = eval_set_source(cfg, name)
+        counts[key] = len(src)
+        counts["skipped"] += src.n_skipped
+    main = [split for split in sources if split in KARPATHY_SPLITS]
+    check_overlap({split: [(r.path, r.where) for r in sources[split].records] for split in main},
+                  {split: sources[split].root for split in main}, allow=cfg.allow_overlap)
+    for key in sources:  # an extra set may repeat the test split, but must not hold a training image
+        if key not in KARPATHY_SPLITS:
+            check_overlap({s: [(r.path, r.where) for r in sources[s].records] for s in ("train", key)},
+                          {s: sources[s].root for s in ("train", key)}, allow=cfg.allow_overlap)
     return counts

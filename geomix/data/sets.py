@@ -168,7 +168,7 @@ class EvalSet:
         captions: LongTensor [m, L], all captions (or the first per image when eval_captions='first').
         txt_to_img: LongTensor [m], the image index of each caption.
         labels: LongTensor [n] class ids, or None for data without classes.
-        class_prompts: one prompt per class id, or None.
+        class_prompts: the zero-shot prompts, ``prompt_groups`` per class id, class-major, or None.
         captions_text: the m captions as strings.
         n_skipped: images a file source skipped as bad (``skip_bad``).
     """
@@ -180,6 +180,7 @@ class EvalSet:
     class_prompts: list[str] | None
     captions_text: list[str] = field(default_factory=list)
     n_skipped: int = 0
+    prompt_groups: int = 1
 
 
 def _name(source: Source, split: str) -> str:
@@ -204,4 +205,5 @@ def make_eval_set(source: Source, transform: Callable[[Any], torch.Tensor], toke
         class_prompts=source.class_prompts,
         captions_text=texts,
         n_skipped=int(getattr(source, "n_skipped", 0)),
+        prompt_groups=int(getattr(source, "prompt_groups", 1)),
     )

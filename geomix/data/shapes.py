@@ -189,6 +189,11 @@ def render(scene: Scene, style: str, size: int, rng: np.random.Generator) -> np.
     return out
 
 
+def class_names() -> list[str]:
+    """Class names, one per class id: ``"red circle"`` (the colour and shape words of the prompts)."""
+    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
+
+
 def class_prompts() -> list[str]:
     """Zero-shot prompts, one per class id (``colour_index * len(SHAPES) + shape_index``)."""
     return [class_prompt(c, s) for c in COLOURS for s in SHAPES]

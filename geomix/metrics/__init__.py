@@ -22,14 +22,18 @@ Conventions (see ``docs/losses.md``, section Metrics):
 
 Modules: :mod:`.inputs` (argument checks, block size), :mod:`.retrieval` (Recall@K),
 :mod:`.geometry` (alignment, uniformity, modality gap), :mod:`.calibration` (ECE, zero-shot),
-:mod:`.evaluate` (:func:`evaluate_embeddings`, all of them at once). The metric names, their order and their
+:mod:`.evaluate` (:func:`evaluate_embeddings`, all of them at once), :mod:`.probe` (the few-shot
+linear probe) and :mod:`.arithmetic` (embedding-arithmetic retrieval), which run at the end of a run.
+The metric names, their order and their
 directions are declared once, in :data:`geomix.registry.METRICS`.
 """
 
 from geomix import registry
+from geomix.metrics.arithmetic import arithmetic_retrieval
 from geomix.metrics.calibration import DEFAULT_SCALE, expected_calibration_error, zero_shot
 from geomix.metrics.evaluate import evaluate_embeddings
 from geomix.metrics.geometry import alignment, modality_gap, uniformity, within_uniformity
+from geomix.metrics.probe import few_shot_probe
 from geomix.metrics.retrieval import RETRIEVAL_KS, retrieval_recall
 
 METRIC_KEYS: tuple[str, ...] = registry.METRIC_KEYS
@@ -51,4 +55,6 @@ __all__ = [
     "expected_calibration_error",
     "zero_shot",
     "evaluate_embeddings",
+    "few_shot_probe",
+    "arithmetic_retrieval",
 ]
