@@ -94,6 +94,10 @@ class Trainer:
                 model.logit_scale.fill_(math.log(self.fixed_scale))
             model.logit_scale.requires_grad_(False)
         self.max_log_scale = math.log(cfg.model.max_logit_scale)
+        if cfg.model.freeze_bn_stats:  # BatchNorm always in eval mode: its starting statistics, never updated
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(lambda mod, args: mod.train(False) and None)
         towers = runtime.Towers(self.model)
         self.towers: nn.Module = towers
         if world > 1:

@@ -148,8 +148,14 @@ def print_summary(spec: SweepSpec, n_trials: int, wall: float, *, reused: int = 
     """The end of an ablation: how many trials ran now and were reused, and the paper-style table."""
     from analysis import summary  # the one analysis function a sweep calls (pyproject's layer contract)
 
-    print(f"\nsweep {spec.name}: {n_trials} trials ({n_trials - reused} ran now, {reused} reused from "
-          f"earlier runs) in {wall:.0f} s; results in {spec.results}\n")
+    have = len(store.read_results(spec.results)[0])
+    if have < n_trials:  # interrupted (Ctrl-C), or trials Tune never finished: say so, not "ran"
+        print(f"\nsweep {spec.name}: {have} of {n_trials} trials have results after {wall:.0f} s (the sweep "
+              f"stopped early); run the same command again to run the other {n_trials - have}, the finished "
+              f"ones are reused; results in {spec.results}\n")
+    else:
+        print(f"\nsweep {spec.name}: {n_trials} trials ({n_trials - reused} ran now, {reused} reused from "
+              f"earlier runs) in {wall:.0f} s; results in {spec.results}\n")
     print(summary(spec.results))
     for line in tracking.where(spec):
         print(line)

@@ -300,3 +300,24 @@ def test_bad_eval_inputs_refused_before_training(tmp_path, case, match):
 def test_bad_eval_config_values(override, match):
     with pytest.raises(ValueError, match=match):
         build_config(overrides=[override])
+
+
+# ---- BatchNorm statistics: the embedded ResNet tower forgets the source styles through them ------------
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_bn_stats_keeps_the_starting_statistics(tmp_path, freeze):
+    from geomix import models
+
+    cfg = build_config(overrides=["model.name=geomix-tiny", "model.pretrained=null", "data.train_size=32",
+                                  "data.val_size=8", "data.test_size=8", "optim.batch_size=16",
+                                  "optim.max_steps=2", "run.eval_every=0", "run.progress=false",
+                                  f"model.freeze_bn_stats={str(freeze).lower()}"])
+    model, pre, tok = models.create(cfg.model, device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    assert before, "geomix-tiny's image tower has BatchNorm layers"
+    Trainer(cfg, model, pre, tok, device=torch.device("cpu"), rank=0, world=1, hooks=None,
+            evaluate=False).fit()
+    after = model.state_dict()
+    same = all(torch.equal(before[k], after[k]) for k in before)
+    assert same is freeze

@@ -172,3 +172,20 @@ def test_rerun_reuses_and_an_added_seed_runs_alone_through_the_command_line(tmp_
     assert kept["trial_id"] == first.iloc[0]["trial_id"] and kept["rsum"] == first.iloc[0]["rsum"]
     experiments = sorted(p.name for p in (res / "ray").iterdir() if p.name.startswith("ablation"))
     assert len(experiments) == 2 and experiments[0] == "ablation" and experiments[1].startswith("ablation-")
+
+
+def test_end_of_sweep_line_says_when_trials_are_missing(tmp_path, capsys, monkeypatch):
+    """An interrupted sweep (Ctrl-C) must not claim that every trial ran: it counts the rows it has."""
+    from sweeps import cli
+
+    res = tmp_path / "res"
+    store.write_rows(str(res), "trials", [{"sweep": "s", "trial_id": "t0", "method": "ft", "seed": 0,
+                                          "status": "completed", "rsum": 1.0}])
+    spec = type("Spec", (), {"name": "s", "results": str(res)})()
+    monkeypatch.setattr("analysis.summary", lambda results: "")
+    monkeypatch.setattr(cli.tracking, "where", lambda spec: [])
+    cli.print_summary(spec, 3, 12.0)
+    out = capsys.readouterr().out
+    assert "1 of 3 trials have results" in out and "the other 2" in out and "ran now" not in out
+    cli.print_summary(spec, 1, 12.0)
+    assert "(1 ran now, 0 reused" in capsys.readouterr().out

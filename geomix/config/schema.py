@@ -282,6 +282,9 @@ class ModelConfig(_Section):
     (random init), an open_clip pretrained tag, a local checkpoint path, or ``'embedded-base'`` (the
     model pre-trained on the embedded data's base styles, built once and cached by config hash under
     ``cache_dir``). ``base_epochs`` / ``base_lr`` / ``base_train_size``: how that base model is made.
+    ``freeze_bn_stats``: every BatchNorm layer (the embedded ResNet tower has them) stays in eval mode
+    during the fine-tune: it normalises with the starting model's running statistics, which never change
+    (open_clip's ``freeze_bn_stats``); the affine weights still train.
     """
 
     section: ClassVar[str] = "model"
@@ -294,6 +297,7 @@ class ModelConfig(_Section):
     base_batch_size: int = 128
     init_tau: float = 0.07
     max_logit_scale: float = 100.0
+    freeze_bn_stats: bool = False
 
     def _check(self, p: str) -> None:
         if not self.name:
