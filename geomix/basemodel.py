@@ -115,8 +115,8 @@ def _build(cfg: ModelConfig, data_cfg: DataConfig, path: Path, progress: bool) -
     log.info("embedded base model: building %s (CLIP-only on styles %s)", path, list(data_cfg.base_styles))
     base_cfg = TrainConfig(
         method="base",
-        data=dataclasses.replace(data_cfg, styles=tuple(data_cfg.base_styles),
-                                 train_size=cfg.base_train_size),
+        data=dataclasses.replace(data_cfg, styles=tuple(data_cfg.base_styles), train_size=cfg.base_train_size,
+                                 target_domain=None, source_domains=(), shot_seed=None),  # not classify
         model=dataclasses.replace(cfg, pretrained=None),
         optim=OptimConfig(epochs=cfg.base_epochs, batch_size=cfg.base_batch_size, lr=cfg.base_lr),
         run=RunConfig(seed=data_cfg.seed, device="cpu", eval_every=0, out_dir=None, progress=progress),

@@ -3,6 +3,8 @@
 It runs standalone and, unchanged, inside a Ray Train worker: when ``torch.distributed`` is initialised
 with more than one process the model is wrapped in DistributedDataParallel, each rank takes its
 contiguous slice of the same global batch, and the loss gathers features so mixing sees the global batch.
+``task='classify'`` (P-Mixup's FSMDT) runs through the same loop: :mod:`geomix.classify` gives its data,
+head, loss, batches and evaluation.
 The trial around it (model, data, summary) is :func:`geomix.train.run`; :func:`train_model` is the loop
 without evaluation or checkpoints (how :mod:`geomix.basemodel` pre-trains the embedded base model).
 
@@ -67,19 +69,8 @@ def train_model(cfg: TrainConfig, model: nn.Module, preprocess: Callable, tokeni
 class Trainer:
     """State of one trial and the steps that change it."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        model: nn.Module,
-        preprocess: Callable,
-        tokenizer: Callable,
-        *,
-        device: torch.device,
-        rank: int,
-        world: int,
-        hooks: Hooks | None,
-        evaluate: bool = True,
-    ):
+    def __init__(self, cfg: TrainConfig, model: nn.Module, preprocess: Callable, tokenizer: Callable, *,
+                 device: torch.device, rank: int, world: int, hooks: Hooks | None, evaluate: bool = True):
         from geomix import data as gdata
 
         self.cfg, self.rank, self.world, self.hooks, self.device = cfg, rank, world, hooks, device
@@ -98,17 +89,25 @@ class Trainer:
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.register_forward_pre_hook(lambda mod, args: mod.train(False) and None)
-        towers = runtime.Towers(self.model)
+        # The embedded images are rendered at the model's resolution: the data helper's fast transform
+        # (uint8 -> normalised tensor) replaces open_clip's PIL pipeline, which is a no-op resize there.
+        self.transform = None if runtime.fast_transform_ok(cfg, model) else preprocess
+        self.autocast_dtype = runtime.autocast_dtype(cfg.run.precision, device)
+        self.task = None  # task='classify': its data, head, loss, batches and evaluation (geomix.classify)
+        if cfg.task == "classify":
+            from geomix.classify import ClassifyTask
+
+            self.task = ClassifyTask(cfg, self.model, self.transform, tokenizer, device=device, rank=rank,
+                                     world=world, autocast_dtype=self.autocast_dtype)
+        towers = runtime.Towers(self.model) if self.task is None else self.task.net
         self.towers: nn.Module = towers
         if world > 1:
             self.towers = nn.parallel.DistributedDataParallel(
                 towers, device_ids=[device.index] if device.type == "cuda" else None
             )
-        # The embedded images are rendered at the model's resolution: the data helper's fast transform
-        # (uint8 -> normalised tensor) replaces open_clip's PIL pipeline, which is a no-op resize there.
-        self.transform = None if _fast_transform_ok(cfg, model) else preprocess
-        self.train_set = gdata.build_train_set(cfg.data, self.transform, tokenizer, seed=cfg.run.seed)
-        n = len(self.train_set)
+        if self.task is None:
+            self.train_set = gdata.build_train_set(cfg.data, self.transform, tokenizer, seed=cfg.run.seed)
+        n = len(self.train_set) if self.task is None else self.task.train_size
         if n < cfg.optim.batch_size:
             raise ValueError(
                 f"optim.batch_size={cfg.optim.batch_size} is invalid: allowed is at most the training set "
@@ -124,22 +123,24 @@ class Trainer:
             self.optimizer, lambda s: runtime.warmup_cosine(s, warmup, self.total_steps)
         )
         # The loss owns its seeded generator (λ, partners, pixel mixing); its state is checkpointed.
-        if cfg.loss.kind == "contrastive":
-            self.loss_fn: nn.Module = losses.MixLoss(cfg.loss, cfg.mix, rank=rank, world_size=world,
-                                                     generator_seed=cfg.run.seed)
+        if self.task is not None:
+            self.loss_fn: nn.Module = self.task.loss_fn
+        elif cfg.loss.kind == "contrastive":
+            self.loss_fn = losses.MixLoss(cfg.loss, cfg.mix, rank=rank, world_size=world,
+                                          generator_seed=cfg.run.seed)
         else:
             self.loss_fn = losses.InputMixLoss(cfg.loss, rank=rank, world_size=world,
                                                generator_seed=cfg.run.seed)
         self.loss_fn.to(device)
-        self.autocast_dtype = runtime.autocast_dtype(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         self.step = 0
         self.samples_seen = 0
         self.train_time = 0.0
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
-        self.evaluator = Evaluator(cfg.data, self.transform, tokenizer, device, self.autocast_dtype,
-                                   cfg.evaluation, seed=cfg.run.seed, share_key=cfg.model.name)
+        self.evaluator = None if self.task is not None else Evaluator(
+            cfg.data, self.transform, tokenizer, device, self.autocast_dtype, cfg.evaluation,
+            seed=cfg.run.seed, share_key=cfg.model.name)
         self._pending: tuple[dict[str, Any], str | None] | None = None
 
     # ---- the trial ----------------------------------------------------------------------------------------
@@ -203,8 +204,11 @@ class Trainer:
             while self.step < self.total_steps:
                 epoch = self.step // self.steps_per_epoch
                 t0 = time.perf_counter()
-                for images, texts in self._epoch_batches(epoch, skip=self.step % self.steps_per_epoch):
-                    loss = self._train_step(images, texts, epoch)
+                skip = self.step % self.steps_per_epoch
+                batches = (self._epoch_batches(epoch, skip) if self.task is None
+                           else self.task.batches(epoch, skip, self.steps_per_epoch))
+                for batch in batches:
+                    loss = self._train_step(batch, epoch)
                     if bar is not None:
                         bar.update(1)
                         if self.step % cfg.run.log_every == 0 or self.step == 1:  # a loss from the start
@@ -255,13 +259,13 @@ class Trainer:
         for images, texts in loader:
             yield images.to(self.device, non_blocking=True), texts.to(self.device, non_blocking=True)
 
-    def _train_step(self, images: torch.Tensor, texts: torch.Tensor, epoch: int) -> float:
+    def _train_step(self, batch: tuple, epoch: int) -> float:
         cfg = self.cfg
         self.towers.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             try:
-                total, terms = self._loss(images, texts, epoch)
+                total, terms = self._loss(batch, epoch)
             except losses.NonFiniteLossError as e:
                 raise _Diverged(f"{e} (epoch {epoch})") from e
         if not torch.isfinite(total):
@@ -298,12 +302,14 @@ class Trainer:
         return float(total.detach())
 
     @property
-    def _grad_scale(self) -> float:
-        return float(self.world)
+    def _grad_scale(self) -> float:  # classify: every term is a mean over this rank's rows (DDP averages)
+        return float(self.world) if self.task is None else 1.0
 
-    def _loss(self, images: torch.Tensor, texts: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: tuple, epoch: int) -> tuple[torch.Tensor, dict]:
         """One forward through both towers and the configured loss (a fixed τ is applied by the loss)."""
-        kind = self.cfg.loss.kind
+        if self.task is not None:
+            return self.task.loss(self.towers, batch, step=self.step, total_steps=self.total_steps)
+        (images, texts), kind = batch, self.cfg.loss.kind
         if kind == "contrastive":
             img, txt, _, scale = self.towers(images, texts)
             return self.loss_fn(img, txt, scale, epoch=epoch, step=self.step, total_steps=self.total_steps)
@@ -341,7 +347,9 @@ class Trainer:
         ``eval.<set>.<metric>``; ``probes``: few-shot and arithmetic too); the other ranks wait for it.
         Keys are ``<prefix><split>_<metric>`` (``val_rsum``, ``start_test_rsum``)."""
         out: dict[str, float] = {}
-        if self.rank == 0:
+        if self.rank == 0 and self.task is not None:
+            out = self.task.evaluate(self.model, split, prefix=prefix, extra=extra)
+        elif self.rank == 0:
             scale = self.fixed_scale
             if scale is None:
                 scale = float(self.model.logit_scale.detach().exp())
@@ -410,8 +418,3 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
-
-def _fast_transform_ok(cfg: TrainConfig, model: nn.Module) -> bool:
-    size = getattr(getattr(model, "visual", None), "image_size", None)
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    return cfg.data.source == "shapes" and size == (cfg.data.image_size, cfg.data.image_size)

@@ -29,6 +29,8 @@ __all__ = [
     "Metric",
     "METRICS",
     "METRIC_KEYS",
+    "CLASSIFY_METRICS",
+    "CLASSIFY_KEYS",
     "SPLITS",
     "metric_key",
     "split_metric_key",
@@ -181,6 +183,12 @@ METRICS: dict[str, Metric] = {
 #: The metric names in order (the keys of ``evaluate_embeddings`` and the metric columns of a trials row).
 METRIC_KEYS: tuple[str, ...] = tuple(METRICS)
 
+#: The classification task's metrics (``task='classify'``, P-Mixup; percent on the target domain's test
+#: images, ``eval.<domain>.<metric>`` on each source domain): top-1 accuracy and mean per-class accuracy.
+#: Not in :data:`METRICS`, whose keys are exactly what ``evaluate_embeddings`` returns.
+CLASSIFY_METRICS: dict[str, Metric] = {m.name: m for m in (Metric("acc", True), Metric("macc", True))}
+CLASSIFY_KEYS: tuple[str, ...] = tuple(CLASSIFY_METRICS)
+
 #: The splits a metric can be reported for; a reported key is ``<split>_<metric>`` (``val_rsum``).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -236,10 +244,11 @@ def fewshot_key(k: int) -> str:
 
 
 def metric_info(name: str) -> Metric | None:
-    """The :class:`Metric` of any metric column name: the evaluation metrics, ``fewshot_k<k>`` and the
-    arithmetic keys (all percentages, higher is better); None for a name that is not a metric."""
-    if name in METRICS:
-        return METRICS[name]
+    """The :class:`Metric` of any metric column name: the evaluation metrics, the classification task's,
+    ``fewshot_k<k>`` and the arithmetic keys (all percentages, higher is better); None for a name that is
+    not a metric."""
+    if name in METRICS or name in CLASSIFY_METRICS:
+        return METRICS.get(name) or CLASSIFY_METRICS[name]
     if name in ARITH_KEYS or (name.startswith("fewshot_k") and name[len("fewshot_k"):].isdigit()):
         return Metric(name, True)
     return None

@@ -13,7 +13,8 @@ from torch import nn
 
 from geomix.config import TrainConfig
 
-__all__ = ["dist_context", "device_for", "autocast_dtype", "adamw", "warmup_cosine", "Towers"]
+__all__ = ["dist_context", "device_for", "autocast_dtype", "adamw", "warmup_cosine", "Towers",
+           "fast_transform_ok"]
 
 
 def dist_context() -> tuple[int, int]:
@@ -52,6 +53,12 @@ class Towers(nn.Module):
         img, extra_f = (img, None) if extra is None else (img[:n], img[n:])
         return img, txt, extra_f, self.clip.logit_scale.exp().float()
 
+
+def fast_transform_ok(cfg: TrainConfig, model: nn.Module) -> bool:
+    """Whether the embedded data's fast transform fits ``model`` (its images are at the model's size)."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    return cfg.data.source == "shapes" and size == (cfg.data.image_size, cfg.data.image_size)
 
 
 def adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -44,7 +44,8 @@ def __getattr__(name: str) -> Any:
 
 def check_trial(cfg: TrainConfig, *, here: bool = True) -> dict[str, int]:
     """Check what a valid config can still get wrong, before any expensive work: the data (every file, row
-    and image, no image in two splits: :func:`geomix.data.validate_data`), a batch no larger than the
+    and image, no image in two splits: :func:`geomix.data.validate_data`; with ``task='classify'`` the
+    target, sources and shots against the domains of the data), a batch no larger than the
     training set, the model name and weights, and that the cache and output folders can be written.
 
     Args:
@@ -73,11 +74,12 @@ def check_trial(cfg: TrainConfig, *, here: bool = True) -> dict[str, int]:
         check_writable_dir("run.out_dir", cfg.run.out_dir)
     if here:
         autocast_dtype(cfg.run.precision, device_for(cfg.run.device, 0))
-    counts = gdata.validate_data(cfg.data)  # the expensive part (every image of a file data set) last
+    # the expensive part (every image of a file data set) last; task='classify': the FSMDT task's checks
+    counts = gdata.validate_data(cfg.data, task=cfg.task)
     if cfg.optim.batch_size > counts["train"]:
         fail("optim.batch_size", cfg.optim.batch_size, f"at most the training set size {counts['train']} "
              "(every step takes one full batch)")
-    if cfg.evaluation.fewshot_shots:  # given explicitly: every labelled set must take every k
+    if cfg.evaluation.fewshot_shots and cfg.task == "retrieval":  # given: every labelled set takes every k
         from geomix.metrics.probe import check_shots
 
         for name, labels in gdata.eval_labels(cfg.data).items():
@@ -117,7 +119,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, checked: bool = False) 
             "of the number of workers (each takes an equal slice of the global batch)"
         )
     if not checked:
-        gdata.validate_data(cfg.data)
+        gdata.validate_data(cfg.data, task=cfg.task)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = device_for(cfg.run.device, rank)
@@ -137,7 +139,7 @@ def run(cfg: TrainConfig, *, hooks: Hooks | None = None, checked: bool = False) 
 # command line
 
 _SUMMARY_KEYS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum", "align", "unif", "gap",
-                 "zs_acc", "ece")
+                 "zs_acc", "ece", *registry.CLASSIFY_KEYS)
 
 
 def summary_table(result: dict[str, Any]) -> str:
@@ -169,7 +171,7 @@ def _sets_table(result: dict[str, Any]) -> list[str]:
     sets = list(dict.fromkeys(k.split(".")[1] for k in result if k.startswith(EVAL_PREFIX)))
     if not sets:
         return []
-    keys = ["rsum", "r1_i2t", "zs_acc", "ece"]
+    keys = [k for k in ("rsum", "r1_i2t", "zs_acc", "ece", *registry.CLASSIFY_KEYS) if f"test_{k}" in result]
     keys += sorted({k[5:] for k in result if k.startswith("test_fewshot_k")}, key=lambda k: int(k[9:]))
     keys += [k for k in ("arith_r1", "arith_r5") if f"test_{k}" in result]
     cols = ["test", *sets]
@@ -183,11 +185,16 @@ def _sets_table(result: dict[str, Any]) -> list[str]:
 def method_name(cfg: TrainConfig) -> str:
     """The method id of the loss ``cfg`` actually runs (the command line's label when ``method=`` is not set).
 
+    ``task='classify'``: ``fsmdt_nomix``, or ``fsmdt_<λ policy>_<feat|img|both>`` (the mix levels on).
+
     ``imix`` / ``unmix`` for those kinds; with the contrastive kind: ``ft`` without a mix term (``ft_tau0.05``
     with a fixed τ), ``<term>_mix`` for one term (``m2_mix``), ``m3_mix`` for all the paper's terms (those
     of :data:`geomix.registry.TERMS` with a paper method of their own), otherwise the terms joined by ``+``
     (``m2+vl``), in registry order; a mix geometry other than the default adds ``_<geometry>``.
     """
+    if cfg.task == "classify":  # fsmdt_nomix, fsmdt_progressive_both, fsmdt_beta_img, ...
+        levels = cfg.transfer.levels
+        return "fsmdt_nomix" if levels == "none" else f"fsmdt_{cfg.transfer.lam.policy}_{levels}"
     loss = cfg.loss
     if loss.kind != "contrastive":
         return loss.kind
@@ -217,8 +224,10 @@ def validation_line(metrics: Mapping[str, Any]) -> str:
         v = metrics.get(key)
         return f"{v:.2f}" if isinstance(v, (int, float)) else "?"
 
-    return (f"epoch {metrics.get('epoch', '?')} step {metrics.get('step', '?')}: val rsum {pct('val_rsum')}, "
-            f"R@1 i->t {pct('val_r1_i2t')}, t->i {pct('val_r1_t2i')}")
+    head = f"epoch {metrics.get('epoch', '?')} step {metrics.get('step', '?')}: "
+    if "val_acc" in metrics:  # task='classify'
+        return head + f"val acc {pct('val_acc')}, macc {pct('val_macc')}"
+    return head + f"val rsum {pct('val_rsum')}, R@1 i->t {pct('val_r1_i2t')}, t->i {pct('val_r1_t2i')}"
 
 
 class _ConsoleHooks:
@@ -229,7 +238,7 @@ class _ConsoleHooks:
 
     def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         step = metrics.get("step")
-        if "val_rsum" in metrics and step not in self._printed:  # each point once
+        if ("val_rsum" in metrics or "val_acc" in metrics) and step not in self._printed:  # each point once
             self._printed.add(step)
             logs.write(validation_line(metrics))
 

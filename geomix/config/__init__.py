@@ -28,6 +28,7 @@ from geomix.config.schema import (
     OptimConfig,
     RunConfig,
     TrainConfig,
+    TransferConfig,
 )
 from geomix.config.sections import (
     EMBEDDED_BASE,
@@ -38,6 +39,7 @@ from geomix.config.sections import (
     RUN_ONLY,
     SEPARATORS,
     SHAPE_STYLES,
+    TASKS,
     WASSERSTEIN_ESTIMATORS,
     WEIGHT_DECAYS,
 )
@@ -49,8 +51,8 @@ __all__ = [
     "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
     "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
     "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SEPARATORS",
-    "SHAPE_STYLES",
+    "SHAPE_STYLES", "TASKS",
     "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "EvaluationConfig", "LambdaConfig",
     "LossConfig", "MixConfig",
-    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
+    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "TransferConfig",
 ]

@@ -121,6 +121,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
             f"unknown config key(s) {', '.join(where + k for k in unknown)}: allowed keys under "
             f"{prefix or 'the top level'} are {', '.join(sorted(fields))}"
         )
+    for key, default in _section_defaults(cls).items():  # a partial mapping completes the field's default
+        if isinstance(data.get(key), Mapping):
+            data[key] = merge(to_dict(default), data[key])
     kwargs = {key: _coerce(f"{prefix}.{key}" if prefix else key, fields[key], value)
               for key, value in data.items()}
     try:
@@ -128,6 +131,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     except ConfigError as e:  # the section's own name -> where it sits in this mapping
         section = cls.section  # type: ignore[attr-defined]
         raise (e.relocated(section, prefix) if section and prefix else e) from None
+
+
+def _section_defaults(cls: type) -> dict[str, Any]:
+    """Fields of ``cls`` whose default is a section object other than its class's defaults (e.g.
+    ``transfer.lam``, progressive by default): a partial mapping given for one (``transfer.lam.sigma=0.1``)
+    changes that default, it does not start over from the class's."""
+    out = {}
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if isinstance(default, _Section) and default != type(default)():
+                out[f.name] = default
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from geomix.config.sections import (
     LossKind,
     PartnerPolicyName,
     Precision,
+    Task,
     _Section,
 )
+from geomix.config.transfer import TransferConfig, check_domain_fields, check_task
 
 
 def _term_values(given: Mapping[str, Any], default: Any, what: str) -> tuple[tuple[str, Any], ...]:
@@ -207,8 +209,8 @@ class DataConfig(_Section):
     ``source='json'``: Karpathy-split JSON at ``path`` with images under ``image_root``. A file the source
     does not read stays None. An image in two splits (path or content) is refused unless ``allow_overlap``.
 
-    Evaluation sets (``eval_styles``, ``eval_sets``, ``eval_size``) and labels on CSV data
-    (``csv_label_key``, ``class_list``, ``class_templates``): see :mod:`geomix.config.evaluation`.
+    Evaluation sets (``eval_styles``, ``eval_sets``, ``eval_size``), CSV labels (``csv_label_key``,
+    ``class_list``, ``class_templates``): :mod:`geomix.config.evaluation`; FSMDT: :mod:`.transfer`.
     """
 
     section: ClassVar[str] = "data"
@@ -238,13 +240,19 @@ class DataConfig(_Section):
     csv_label_key: str | None = None
     class_list: str | None = None
     class_templates: tuple[str, ...] = ("a photo of a {}.",)
+    target_domain: str | None = None
+    source_domains: tuple[str, ...] = ()
+    shots: int = 1
+    shot_seed: int | None = None
+    csv_domain_key: str = "domain"
 
     def _check(self, p: str) -> None:
         if self.source != "shapes" and not self.path:
             fail(f"{p}.path", self.path, f"a file path when {p}.source={self.source!r}")
         for key, users in (("path", "'csv' or 'json'"), ("val_path", "'csv'"), ("test_path", "'csv'"),
                            ("image_root", "'json'")):
-            if getattr(self, key) is not None and f"'{self.source}'" not in users:  # not read: say so
+            read = f"'{self.source}'" in users or (key, self.source) == ("path", "folder")  # task=classify
+            if getattr(self, key) is not None and not read:  # not read: say so
                 fail(f"{p}.{key}", getattr(self, key), f"None unless {p}.source is {users}")
         if self.csv_separator not in SEPARATORS:
             fail(f"{p}.csv_separator", self.csv_separator, "a tab ('\\t', 'tab') or a comma (',', 'comma')")
@@ -266,6 +274,7 @@ class DataConfig(_Section):
                         fail(f"{p}.{name}", list(styles), "a list of distinct styles")
             check_range(f"{p}.image_size", self.image_size, 16, 256)
         check_eval_data(self, p)
+        check_domain_fields(self, p)
 
     def eval_set_names(self) -> tuple[str, ...]:
         """The names of the extra evaluation sets, in order (the styles, or the ``eval_sets`` keys)."""
@@ -383,6 +392,7 @@ class TrainConfig(_Section):
 
     section: ClassVar[str] = ""
     method: str = "ft"
+    task: Task = "retrieval"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -390,20 +400,21 @@ class TrainConfig(_Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def _check(self, p: str) -> None:
         if not self.method:
             fail("method", self.method, "a non-empty method id")
+        check_task(self)
 
 
 #: The top-level sections of a :class:`TrainConfig`, by key.
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "mix": MixConfig, "optim": OptimConfig,
-    "run": RunConfig, "evaluation": EvaluationConfig,
+    "run": RunConfig, "evaluation": EvaluationConfig, "transfer": TransferConfig,
 }
 
 __all__ = [
     "ConfigError", "EvaluationConfig", "LambdaConfig", "MixConfig", "LossConfig", "DataConfig",
-    "ModelConfig", "OptimConfig",
-    "RunConfig", "TrainConfig", "SECTIONS",
+    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "TransferConfig", "SECTIONS",
 ]

@@ -19,7 +19,10 @@ Geometry = Literal["geodesic", "linear"]
 Decay = Literal["constant", "inverse_epoch"]
 LossKind = Literal["contrastive", "imix", "unmix"]
 Estimator = Literal["sliced", "exact"]
-DataSource = Literal["shapes", "csv", "json"]
+DataSource = Literal["shapes", "csv", "json", "folder"]
+#: What a trial learns: image-caption retrieval (CLIP and the mix losses) or FSMDT classification (P-Mixup).
+Task = Literal["retrieval", "classify"]
+Pairing = Literal["random", "same_class"]
 EvalCaptions = Literal["all", "first"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -36,6 +39,7 @@ WEIGHT_DECAYS: tuple[str, ...] = typing.get_args(Decay)
 LOSS_KINDS: tuple[str, ...] = typing.get_args(LossKind)
 WASSERSTEIN_ESTIMATORS: tuple[str, ...] = typing.get_args(Estimator)
 SHAPE_STYLES: tuple[str, ...] = typing.get_args(ShapeStyle)
+TASKS: tuple[str, ...] = typing.get_args(Task)
 
 
 def literal_choices(tp: Any) -> tuple[Any, ...] | None:

@@ -37,6 +37,7 @@ __all__ = [
     "eval_labels",
     "same_as_test",
     "build_train_set",
+    "build_transfer",
     "validate_data",
 ]
 
@@ -159,6 +160,13 @@ def eval_labels(cfg: DataConfig) -> dict[str, list[int] | None]:
     return out
 
 
+def build_transfer(cfg: DataConfig, *, shot_seed: int):
+    """The sets of a ``task='classify'`` trial (FSMDT): :func:`geomix.data.transfer.build_transfer`."""
+    from geomix.data.transfer import build_transfer as build
+
+    return build(cfg, shot_seed=shot_seed)
+
+
 def _check_styles(styles: tuple[str, ...] | list[str]) -> None:
     if not styles:
         raise ValueError(f"styles={styles!r} is invalid: allowed a non-empty subset of {STYLES}")
@@ -166,14 +174,21 @@ def _check_styles(styles: tuple[str, ...] | list[str]) -> None:
         check_choice("styles", s, STYLES)
 
 
-def validate_data(cfg: DataConfig) -> dict[str, int]:
+def validate_data(cfg: DataConfig, task: str = "retrieval") -> dict[str, int]:
     """Check the data can be built, before any expensive work; returns image counts per split.
+
+    ``task='classify'``: the FSMDT task against its domains (:func:`geomix.data.transfer.validate_transfer`;
+    counts ``train`` = source images, ``shots``, ``test``).
 
     Embedded data: the config (styles, sizes, image size). File sources: every file, column, row and image
     of every split (see :mod:`geomix.data.loaders`); a ValueError names the file and row, unless
     ``cfg.skip_bad``, which skips bad rows and reports them under ``'skipped'``. (The config itself was
     validated when it was built.)
     """
+    if task == "classify":
+        from geomix.data.transfer import validate_transfer
+
+        return validate_transfer(cfg)
     if cfg.source == "shapes":
         overlap = sorted(set(cfg.styles) & set(cfg.base_styles))
         if overlap:

@@ -212,6 +212,8 @@ class FSMDTLoss(nn.Module):
         *,
         step: int,
         total_steps: int,
+        batch_labels: torch.Tensor | None = None,
+        offset: int = 0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's loss.
 
@@ -222,6 +224,10 @@ class FSMDTLoss(nn.Module):
             x_s, y_s: source images ``[n_s, 3, H, W]`` and class ids ``[n_s]``.
             x_t, y_t: target images ``[n_t, 3, H, W]`` and class ids ``[n_t]``.
             step, total_steps: the step (0-based) and the run's length, for the λ policy.
+            batch_labels, offset: data parallel: the labels of the whole (global) source batch, of which
+                ``x_s`` / ``y_s`` are rows ``offset .. offset + n_s``. The pairs are drawn for the whole
+                batch (the same stream on every rank) and this rank's rows kept, so W ranks pair exactly as
+                one process does. None: ``y_s`` is the whole batch.
 
         Returns:
             ``(total, parts)``: the weighted 0-d loss, and detached 0-d float32 tensors to log (the
@@ -234,7 +240,12 @@ class FSMDTLoss(nn.Module):
         n_s, n_t = x_s.shape[0], x_t.shape[0]
         if x_s.shape[1:] != x_t.shape[1:]:
             fail("x_t.shape", tuple(x_t.shape), f"[n_t, {', '.join(map(str, x_s.shape[1:]))}] like x_s")
-        src_idx, tgt_idx = pair_batches(y_s, y_t, how=self.pairing, generator=self.generator)
+        whole = y_s if batch_labels is None else batch_labels
+        if whole.shape[0] < offset + n_s:
+            fail("offset", offset, f"at most {whole.shape[0] - n_s}: rows of the {whole.shape[0]} batch "
+                 "labels")
+        _, tgt_idx = pair_batches(whole, y_t, how=self.pairing, generator=self.generator)
+        src_idx, tgt_idx = torch.arange(n_s, device=y_s.device), tgt_idx[offset : offset + n_s].to(y_s.device)
         lam = self.policy.sample(self.generator, step=step, total_steps=total_steps)
         y_s, y_t = y_s.long(), y_t.long()
         y_tp = y_t[tgt_idx]
