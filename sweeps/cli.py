@@ -43,7 +43,9 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'local' starts Ray with this machine's resources; 'auto' joins a running "
                         "cluster (ray up cluster.yaml)")
     parser.add_argument("--num-workers", type=int, default=0,
-                        help="Ray Train workers per trial; 0 = in-process (the laptop default)")
+                        help="Ray Train workers per trial; 0 = in-process (the laptop default); 1 = one "
+                        "worker, run in the trial actor (GEOMIX_ONE_WORKER_GROUP=1: a Train worker group); "
+                        "2+ = a Train worker group (DDP)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0,
                         help="GPUs of an in-process trial (may be fractional), or of each Ray Train worker "
                         "(0 or 1)")

@@ -1,10 +1,16 @@
-"""Ray Train V2 wrapper: the geomix training loop as a ``TorchTrainer`` worker, and :func:`fit`.
+"""Ray Train V2 wrapper: the geomix training loop as a ``TorchTrainer`` worker, :func:`fit`, and the callback
+that forwards a run's reports to the Tune trial that started it (:class:`TuneForwarder`).
 
 This is the only module of ``sweeps`` that imports ``ray.train`` (its API has been renamed often; the Tune
 side is :mod:`sweeps.tune_api`). Checked against Ray 2.60: ``ray.train.torch.TorchTrainer``,
-``ray.train.{ScalingConfig, RunConfig, FailureConfig, Checkpoint, report, get_context, get_checkpoint}``;
-``ScalingConfig(num_workers=0)`` runs the loop in-process (Train V2 local mode, no worker group: saves
-~10 s of start-up per trial on a laptop).
+``ray.train.{ScalingConfig, RunConfig, FailureConfig, Checkpoint, UserCallback, report, get_context,
+get_checkpoint}``; ``ScalingConfig(num_workers=0)`` runs the loop in-process (Train V2 local mode, no worker
+group: saves ~10 s of start-up per trial on a laptop).
+
+Every Train run starts fresh processes (its controller, a placement-group cleaner, a synchronisation actor,
+the workers), and each imports what its pickled arguments name. So this module is **light to import**: the
+controller unpickles :class:`TuneForwarder` from it, and it must not pull in Tune, Optuna, MLflow or the
+results store (``docs/ray-notes.md``, item 19). ``torch`` and ``store`` are imported where they are used.
 
 Example::
 
@@ -15,17 +21,17 @@ Example::
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
-from ray.train.torch import TorchConfig, TorchTrainer
 
-import store
 from geomix import train
 from geomix.config import TrainConfig, from_dict, merge, to_dict
 from geomix.logs import quiet_ray_checkpoint_logs
@@ -76,6 +82,69 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scalar_metrics(
+    metrics: Mapping[str, Any], last: Mapping[str, Any], *, done_key: str, carry: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A report as Tune takes it: scalars only (0-d tensors and numpy scalars as Python numbers), ``done``
+    renamed to ``done_key`` (Tune stops a trial on ``done=True``), and every ``carry`` key carried forward
+    from ``last`` when this report lacks it, else set to its default (Tune rejects a result without the
+    scheduler's metric)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if k == "done":
+            out[done_key] = bool(v)
+        elif isinstance(v, (bool, int, float, str)) or v is None:
+            out[k] = v
+        elif hasattr(v, "item"):
+            out[k] = v.item()
+    for key, default in carry.items():
+        if key not in out:
+            out[key] = last.get(key, default)
+    return out
+
+
+class TuneForwarder(ray.train.UserCallback):
+    """Forwards rank 0's reports to the Tune trial that started the run: what Ray's ``TuneReportCallback``
+    does, with the report cleaned for Tune (:func:`scalar_metrics`), ``extra`` added to every report and the
+    persisted checkpoint's path under ``checkpoint_key``.
+
+    It runs in the Train controller, a fresh process per trial that unpickles it: it is defined here, not
+    next to the trainable, so that the controller imports only ``ray.train`` and geomix's config modules, not
+    Tune's search and tracking modules (ray-notes 19). ``queue``: the Tune session's queue to the trial
+    (``TuneReportCallback()._training_actor_item_queue``, made in the trial's own process).
+    """
+
+    def __init__(self, queue: Any, *, done_key: str, carry: Mapping[str, Any], checkpoint_key: str,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self._queue = queue
+        self._done_key, self._carry, self._checkpoint_key = done_key, dict(carry), checkpoint_key
+        self._extra = dict(extra or {})
+        self._last: dict[str, Any] = {}
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self._last = scalar_metrics(metrics[0], self._last, done_key=self._done_key, carry=self._carry)
+        out = {**self._last, **self._extra}
+        if checkpoint:
+            out[self._checkpoint_key] = checkpoint.path
+        self._queue.put(out)
+
+
+def portable_error(error: BaseException) -> BaseException:
+    """``error`` itself when it survives a pickle round trip, else a ``RuntimeError`` whose message is the
+    error's traceback, ending in its type and message (the line a trial's row keeps).
+
+    Ray pickles a worker's exception to hand it to the controller (and a trial's to the driver), and Tune
+    copies a trial's exception and its ``__cause__`` chain (``copy.copy``, the same protocol). An exception
+    class whose ``__init__`` takes other arguments than its ``args`` (``geomix.checks.ConfigError``) cannot
+    be rebuilt, and the failure was reported as that ``TypeError`` instead of the error (ray-notes 19).
+    Raise the result ``from None``: a cause is copied too."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError("".join(traceback.format_exception(error)).rstrip())
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry: build the :class:`TrainConfig` from ``config`` (a :func:`to_dict` dict,
     plus ``embeddings_to``) and run the trial.
@@ -99,8 +168,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cfg = from_dict(TrainConfig, merge(config, {"run": run}))
         train.run(cfg, hooks=_RayHooks(os.path.join(scratch, "restore")))
         if embeddings_to and rank == 0 and cfg.run.save_embeddings:
+            import store  # only here: the results store is not needed to train
+
             # rank 0's folder is local to its node: put the file where the sweep's results are
             store.keep_embeddings(cfg.run.out_dir, *embeddings_to)
+    except Exception as e:
+        error = portable_error(e)
+        if error is e:
+            raise
+        raise error from None
     finally:
         # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it), and the
         # restored checkpoint was read at the start
@@ -129,7 +205,8 @@ def fit(
             such as ``s3://`` on a multi-node cluster).
         name: the Train run name; a deterministic name lets a restarted trial resume from
             ``(storage_path, name)``.
-        callbacks: Train ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback``).
+        callbacks: Train ``UserCallback`` objects (e.g. :class:`TuneForwarder`). They run in the run's
+            controller, a fresh process that imports the modules they are defined in.
         max_failures: worker-group failures to recover from (from the last checkpoint).
         controller_failure_limit: controller failures tolerated before failing (finite, so a scheduling
             problem fails instead of hanging; ``docs/ray-notes.md``, item 3).
@@ -162,6 +239,8 @@ def fit(
         cfg_dict["embeddings_to"] = [folder if "://" in folder else _absolute(folder), rel]
     for key, value in TRAIN_ENV.items():  # read by Train's controller, which the driver's environment reaches
         os.environ.setdefault(key, value)
+    from ray.train.torch import TorchConfig, TorchTrainer  # imports torch: only where a run starts
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg_dict,

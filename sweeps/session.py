@@ -28,6 +28,10 @@ _SLOTS = 1000
 LOOPBACK = "127.0.0.1"
 #: Ray's switch for token authentication (on for a local start unless set otherwise; ray-notes 16).
 AUTH_MODE = "RAY_AUTH_MODE"
+#: Set to ``1`` (on the driver) to run a 1-worker Ray Train trial as a Train worker group (controller,
+#: placement group, worker actor: ~20 s more per trial on 2 cores) instead of in its own trial actor, which
+#: then holds the worker's CPU and GPU (ray-notes 19).
+ONE_WORKER_GROUP_ENV = "GEOMIX_ONE_WORKER_GROUP"
 
 
 def start_ray(
@@ -97,12 +101,28 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def one_worker_in_trial(num_workers: int) -> bool:
+    """Whether a trial of ``num_workers`` Ray Train workers runs its one worker in its own trial actor (a
+    1-worker trial, unless :data:`ONE_WORKER_GROUP_ENV` is ``1``). Read on the driver: it decides what the
+    trial actor holds (:func:`trial_resources`), and the trial actor goes by what it holds
+    (:func:`holds_worker`)."""
+    return num_workers == 1 and os.environ.get(ONE_WORKER_GROUP_ENV, "0").strip() != "1"
+
+
+def holds_worker(num_workers: int, held: Mapping[str, float]) -> bool:
+    """Whether a trial actor holding ``held`` runs its one Ray Train worker itself: a 1-worker trial whose
+    actor holds a whole CPU (:func:`trial_resources` gives one only then). A trial restored from an
+    experiment that started its worker groups keeps its slot-only resources, and so its Train run."""
+    return num_workers == 1 and held.get("CPU", 0.0) >= 1.0
+
+
 def trial_resources(
     num_workers: int, gpus_per_worker: float, cluster: Mapping[str, float]
 ) -> dict[str, float]:
-    """What the trial actor itself holds. In-process trials hold what training needs (1 CPU, GPUs);
-    Ray Train trials hold only a slot, the worker group reserves its own CPUs/GPUs."""
-    if num_workers == 0:
+    """What the trial actor itself holds. In-process trials, and 1-worker trials that run their worker in
+    the trial actor (:func:`one_worker_in_trial`), hold what training needs (1 CPU, GPUs); other Ray Train
+    trials hold only a slot, the worker group reserves its own CPUs/GPUs."""
+    if num_workers == 0 or one_worker_in_trial(num_workers):
         res = {"CPU": 1.0}
         if gpus_per_worker:
             res["GPU"] = gpus_per_worker

@@ -5,10 +5,15 @@ A trial's Tune config carries its resolved TrainConfig as a nested dict (``sweep
 
 * runs ``geomix.train.run`` in the trial's own process (``num_workers=0``, the laptop default: no worker
   group start-up per trial), reporting through Tune with Tune checkpoints (:class:`TuneHooks`), or
-* runs a Ray Train ``TorchTrainer`` through :func:`sweeps.raytrain.fit` (``num_workers >= 1``, the cluster
+* runs a Ray Train ``TorchTrainer`` through :func:`sweeps.raytrain.fit` (``num_workers >= 2``, the cluster
   path) with a deterministic Train run name per trial (so a restarted trial restores its Train run),
-  ``FailureConfig(max_failures, controller_failure_limit)``, and a ``TuneReportCallback`` that forwards
-  rank 0's metrics to Tune.
+  ``FailureConfig(max_failures, controller_failure_limit)``, and a callback that forwards rank 0's metrics
+  to Tune (:func:`report_callback`), or
+* runs a 1-worker trial's one worker in the trial actor itself (``num_workers=1``, when the actor holds
+  the worker's CPU and GPU: ``sweeps.session.holds_worker``): the same worker function, reports and
+  metrics as a 1-worker Train run, without its ~20 s of controller and worker start-up per trial. Its
+  checkpoints are Tune's, and Tune retries a failed trial ``max_failures`` times from the last one, as for
+  in-process trials (``docs/ray-notes.md``, item 19).
 
 Either way its last report is the summary ``geomix.train.run`` returned, with ``final=True``. Every report
 also carries the config the trial trains with (``sweeps.records.TRAINED_KEY``, as JSON), so its row records
@@ -18,6 +23,7 @@ what it ran however the trial reached this actor (fresh, restored by ``Tuner.res
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -42,24 +48,14 @@ from sweeps.spec import (
     trial_of,
 )
 
+#: Keys every Tune result has: the last report's value, or this default before the first one.
+_CARRY = {SWEEP_METRIC: math.nan, TIME_ATTR: 0}
+
 
 def clean_metrics(metrics: Mapping[str, Any], last: Mapping[str, Any]) -> dict[str, Any]:
     """Scalars only, ``done`` renamed, and the sweep metric carried forward so every Tune result has it
     (Tune rejects results that lack the scheduler's metric)."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if k == "done":
-            out[FINAL_KEY] = bool(v)
-        elif isinstance(v, (bool, int, float, str)) or v is None:
-            out[k] = v
-        elif hasattr(v, "item"):  # 0-d tensors / numpy scalars
-            out[k] = v.item()
-    for key in (SWEEP_METRIC, TIME_ATTR):
-        if key not in out and key in last:
-            out[key] = last[key]
-    out.setdefault(TIME_ATTR, 0)
-    out.setdefault(SWEEP_METRIC, float("nan"))
-    return out
+    return raytrain.scalar_metrics(metrics, last, done_key=FINAL_KEY, carry=_CARRY)
 
 
 def trained_json(cfg: TrainConfig) -> str:
@@ -69,11 +65,13 @@ def trained_json(cfg: TrainConfig) -> str:
 
 class TuneHooks:
     """``geomix.train.run`` hooks for an in-process trial: reports and checkpoints go through Tune.
-    ``trained``: :func:`trained_json` of the trial's config, added to every report."""
+    ``trained``: :func:`trained_json` of the trial's config, added to every report. ``restore_dir``: where
+    the checkpoint to resume from is copied (a folder the caller removes; default: a new temp folder)."""
 
-    def __init__(self, trained: str | None = None) -> None:
+    def __init__(self, trained: str | None = None, restore_dir: str | None = None) -> None:
         self.last: dict[str, Any] = {}
         self.trained = trained
+        self.restore_dir = restore_dir
 
     def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None = None) -> None:
         self.last = clean_metrics(metrics, self.last)
@@ -88,28 +86,21 @@ class TuneHooks:
         return session.node_id()
 
     def initial_checkpoint(self) -> str | None:
+        # the last checkpoint reported in this trial, else the one it was restored with
         ckpt = tune.get_checkpoint()
         # to_directory() downloads a checkpoint held on s3:// / gs:// storage to local disk
-        return ckpt.to_directory() if ckpt is not None else None
+        return ckpt.to_directory(self.restore_dir) if ckpt is not None else None
 
 
-class ReportCallback(tune.TuneReportCallback):
-    """A ``TuneReportCallback`` that also renames ``done``, carries the sweep metric forward and adds the
-    trial's config (``trained``: :func:`trained_json`) to every report."""
-
-    def __init__(self, trained: str | None = None) -> None:
-        super().__init__()
-        self._last: dict[str, Any] = {}
-        self._trained = trained
-
-    def after_report(self, run_context, metrics, checkpoint):
-        self._last = clean_metrics(metrics[0], self._last)
-        out = dict(self._last)
-        if self._trained is not None:
-            out[TRAINED_KEY] = self._trained
-        if checkpoint:
-            out[tune.CHECKPOINT_PATH_KEY] = checkpoint.path
-        self._training_actor_item_queue.put(out)
+def report_callback(trained: str | None = None) -> raytrain.TuneForwarder:
+    """The Train callback of a Ray Train trial: rank 0's reports to this Tune trial, cleaned like
+    :func:`clean_metrics`, with the trial's config (``trained``: :func:`trained_json`) and the checkpoint's
+    path. Made in the trial actor (it takes the Tune session's queue), run in the Train controller."""
+    # Tune's own queue from a Train run to this trial (TuneReportCallback checks that this is a Tune trial)
+    queue = tune.TuneReportCallback()._training_actor_item_queue
+    return raytrain.TuneForwarder(queue, done_key=FINAL_KEY, carry=_CARRY,
+                                  checkpoint_key=tune.CHECKPOINT_PATH_KEY,
+                                  extra={TRAINED_KEY: trained} if trained is not None else None)
 
 
 def trainable(config: dict[str, Any], spec: SweepSpec) -> None:
@@ -120,10 +111,18 @@ def trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     # restart), never the driver's current sweep: this is what trains, and what its row records.
     cfg = from_dict(TrainConfig, trial_of(config)["config"])
     trained = trained_json(cfg)
-    if spec.num_workers == 0:
-        summary, last = _run_in_process(cfg, spec, trial_id, trained)
-    else:
-        summary, last = _run_ray_train(cfg, spec, trial_id, trained)
+    try:
+        if spec.num_workers == 0:
+            summary, last = _run_in_process(cfg, spec, trial_id, trained)
+        elif session.holds_worker(spec.num_workers, _held()):
+            summary, last = _run_worker_here(cfg, spec, trial_id, trained)
+        else:
+            summary, last = _run_ray_train(cfg, spec, trial_id, trained)
+    except Exception as e:  # Ray pickles it for the driver: one that cannot be unpickled loses its message
+        error = raytrain.portable_error(e)
+        if error is e:
+            raise
+        raise error from None
     final = clean_metrics({**last, **summary}, last)
     final[FINAL_KEY] = True
     final[TRAINED_KEY] = trained
@@ -131,9 +130,34 @@ def trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     tune.report(final)
 
 
+def _held() -> dict[str, float]:
+    """What this trial actor holds (Tune's record of the trial's resources)."""
+    return dict(tune.get_context().get_trial_resources().required_resources)
+
+
 def _run_in_process(
     cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    hooks = TuneHooks(trained)
+    summary = _run_here(cfg, spec, trial_id, hooks)
+    summary["num_workers"] = 0  # in-process: no Ray Train worker group
+    return summary, hooks.last
+
+
+def _run_worker_here(
+    cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A 1-worker trial's worker, in this trial actor: what ``raytrain.train_loop_per_worker`` runs in a
+    1-worker Train run (world size 1, no process group), with the trial's reports and checkpoints going
+    straight to Tune. A failure (an error, or the process dying) is retried by Tune from the trial's last
+    checkpoint, ``spec.max_failures`` times, as for in-process trials (``sweeps.runner``)."""
+    hooks = TuneHooks(trained)
+    summary = _run_here(cfg, spec, trial_id, hooks)
+    summary["num_workers"] = 1  # one training worker (world size 1), as a 1-worker Train run records
+    return summary, hooks.last
+
+
+def _run_here(cfg: TrainConfig, spec: SweepSpec, trial_id: str, hooks: TuneHooks) -> dict[str, Any]:
     # Scratch space outside the trial folder: Ray syncs that folder to storage while the trial runs, and
     # would trip over the run's half-written temp files. Checkpoints reach storage through tune.report,
     # embeddings through keep_embeddings; the rest goes with the folder.
@@ -141,7 +165,7 @@ def _run_in_process(
     try:
         # run.out_dir is a run-only setting (not part of a trial's identity): the row keeps the trial's own
         cfg = from_dict(TrainConfig, merge(to_dict(cfg), {"run": {"out_dir": str(scratch)}}))
-        hooks = TuneHooks(trained)
+        hooks.restore_dir = str(scratch / "restore")  # the copy of the checkpoint it resumes from goes too
         summary = dict((spec.run_fn or train.run)(cfg, hooks=hooks))
         if cfg.run.save_embeddings:
             if kept := store.keep_embeddings(scratch, spec.results, embeddings_name(trial_id)):
@@ -149,8 +173,7 @@ def _run_in_process(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     summary["node_ids"] = summary.get("node_ids") or session.node_id()
-    summary["num_workers"] = 0  # in-process: no Ray Train worker group
-    return summary, hooks.last
+    return summary
 
 
 def _run_ray_train(
@@ -163,7 +186,7 @@ def _run_ray_train(
         use_gpu=spec.gpus_per_worker > 0,
         storage_path=train_storage(spec),
         name=trial_name(spec, trial_id),
-        callbacks=[ReportCallback(trained)],
+        callbacks=[report_callback(trained)],
         max_failures=spec.max_failures,
         controller_failure_limit=spec.controller_failure_limit,
         embeddings_to=(spec.results, emb_name),
