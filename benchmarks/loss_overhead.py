@@ -15,6 +15,11 @@ kernels (before), ``m3_gram`` the same on the Gram path (after, ``path='auto'``)
     python benchmarks/loss_overhead.py --sizes 1024 4096 --repeats 7
     python benchmarks/loss_overhead.py --threads 1         # one thread: steadier on a busy machine
     python benchmarks/loss_overhead.py --smoke-test        # tiny sizes, seconds
+    python benchmarks/loss_overhead.py --sizes 1024 --threads 1 --profile clip m3_gram   # where the time goes
+
+``--profile`` runs each named case under ``torch.profiler`` (after the timing table) and prints its total
+and the operators that take the most time, split by input shape: the ``n×n×d`` products against the
+``n×n`` elementwise passes the Gram path trades them for.
 """
 
 from __future__ import annotations
@@ -119,6 +124,28 @@ def run(
     return rows
 
 
+def profile(name: str, n: int, dim: int, device: torch.device, repeats: int = 5, top: int = 16) -> None:
+    """Print where one forward + backward of case ``name`` spends its time (self time per call, averaged)."""
+    g = torch.Generator().manual_seed(n)
+    img = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+    txt = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+    fn = _cases(n, device)[name]
+    for _ in range(2):
+        _time_once(fn, img, txt, device)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        for _ in range(repeats):
+            _time_once(fn, img, txt, device)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) / repeats / 1e3
+    mm = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / repeats / 1e3
+    print(f"\n# profile {name}, n={n}: {total:.1f} ms per forward+backward, of which aten::mm {mm:.1f} ms")
+    print(f"{'operator':<30} {'input shapes':<52} {'ms':>8} {'calls':>6}")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        shapes = str(e.input_shapes)[:52]
+        print(f"{e.key[:30]:<30} {shapes:<52} {e.self_cpu_time_total / repeats / 1e3:>8.2f} "
+              f"{e.count / repeats:>6.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 512, 1024])
@@ -129,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", nargs="+", help="only these cases (and clip, the reference)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes and few repeats (CI)")
+    p.add_argument("--profile", nargs="+", metavar="CASE", choices=sorted(_MATMULS),
+                   help="also profile these cases at the largest size")
     args = p.parse_args(argv)
     if args.smoke_test:
         args.sizes, args.dim, args.repeats, args.warmup = [16, 32], 8, 3, 1
@@ -148,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['n']:>6} {r['case']:<10} {r['median_ms']:>10.3f} {r['ratio']:>7.2f} "
             f"{r['min_ms']:>9.3f} {r['min_ratio']:>7.2f} {r['matmuls']:>10.2f}"
         )
+    for name in args.profile or ():
+        profile(name, max(args.sizes), args.dim, device)
 
 
 if __name__ == "__main__":
