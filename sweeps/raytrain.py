@@ -20,12 +20,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
 import tempfile
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,19 @@ def portable_error(error: BaseException) -> BaseException:
         return RuntimeError("".join(traceback.format_exception(error)).rstrip())
 
 
+@contextlib.contextmanager
+def portable_errors() -> Iterator[None]:
+    """Re-raise an error of the block as :func:`portable_error` makes it (``from None``), so that its
+    message survives Ray's pickling; an error that pickles is re-raised as it is."""
+    try:
+        yield
+    except Exception as e:
+        error = portable_error(e)
+        if error is e:
+            raise
+        raise error from None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry: build the :class:`TrainConfig` from ``config`` (a :func:`to_dict` dict,
     plus ``embeddings_to``) and run the trial.
@@ -159,28 +173,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     embeddings_to = config.pop("embeddings_to", None)
     rank = ray.train.get_context().get_world_rank()
     scratch = tempfile.mkdtemp(prefix=f"geomix-rank{rank}-")
-    try:
-        # Resume is Ray's job (get_checkpoint); never pick up a stale local folder.
-        run = {"resume": False, "progress": False}
-        if config["run"].get("out_dir") is None or rank != 0:
-            # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
-            run["out_dir"] = scratch
-        cfg = from_dict(TrainConfig, merge(config, {"run": run}))
-        train.run(cfg, hooks=_RayHooks(os.path.join(scratch, "restore")))
-        if embeddings_to and rank == 0 and cfg.run.save_embeddings:
-            import store  # only here: the results store is not needed to train
+    with portable_errors():  # Ray pickles a worker's error for the controller
+        try:
+            # Resume is Ray's job (get_checkpoint); never pick up a stale local folder.
+            run = {"resume": False, "progress": False}
+            if config["run"].get("out_dir") is None or rank != 0:
+                # Checkpoints and embeddings go to a local folder; Ray copies reported checkpoints to storage.
+                run["out_dir"] = scratch
+            cfg = from_dict(TrainConfig, merge(config, {"run": run}))
+            train.run(cfg, hooks=_RayHooks(os.path.join(scratch, "restore")))
+            if embeddings_to and rank == 0 and cfg.run.save_embeddings:
+                import store  # only here: the results store is not needed to train
 
-            # rank 0's folder is local to its node: put the file where the sweep's results are
-            store.keep_embeddings(cfg.run.out_dir, *embeddings_to)
-    except Exception as e:
-        error = portable_error(e)
-        if error is e:
-            raise
-        raise error from None
-    finally:
-        # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it), and the
-        # restored checkpoint was read at the start
-        shutil.rmtree(scratch, ignore_errors=True)
+                # rank 0's folder is local to its node: put the file where the sweep's results are
+                store.keep_embeddings(cfg.run.out_dir, *embeddings_to)
+        finally:
+            # every epoch's checkpoint is already in Ray's storage (ray.train.report copies it), and the
+            # restored checkpoint was read at the start
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def fit(

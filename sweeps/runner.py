@@ -91,7 +91,6 @@ def run_sweep(
     else:
         concurrent = session.max_concurrent_trials(spec.num_workers, spec.gpus_per_worker, cluster,
                                                    spec.max_concurrent)
-        in_actor = spec.num_workers == 0 or session.one_worker_in_trial(spec.num_workers)
         tuner = tune.Tuner(
             fn,
             param_space=grid_space(trials) if trials else {},
@@ -111,7 +110,8 @@ def run_sweep(
                                                    total=len(trials) if trials else num_samples),
                            *tracking.callbacks(spec)],
                 # Tune retries the trials that run in their actor; Train retries its worker groups itself
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures if in_actor else 0),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures
+                                                  if session.in_trial_actor(spec.num_workers) else 0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=verbose,
             ),

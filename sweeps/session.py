@@ -109,6 +109,13 @@ def one_worker_in_trial(num_workers: int) -> bool:
     return num_workers == 1 and os.environ.get(ONE_WORKER_GROUP_ENV, "0").strip() != "1"
 
 
+def in_trial_actor(num_workers: int) -> bool:
+    """Whether a trial of ``num_workers`` trains in its own trial actor: in-process (0), or a 1-worker trial
+    that runs its worker there (:func:`one_worker_in_trial`). Such an actor holds what training needs
+    (:func:`trial_resources`), and Tune retries its failures (``sweeps.runner``)."""
+    return num_workers == 0 or one_worker_in_trial(num_workers)
+
+
 def holds_worker(num_workers: int, held: Mapping[str, float]) -> bool:
     """Whether a trial actor holding ``held`` runs its one Ray Train worker itself: a 1-worker trial whose
     actor holds a whole CPU (:func:`trial_resources` gives one only then). A trial restored from an
@@ -122,7 +129,7 @@ def trial_resources(
     """What the trial actor itself holds. In-process trials, and 1-worker trials that run their worker in
     the trial actor (:func:`one_worker_in_trial`), hold what training needs (1 CPU, GPUs); other Ray Train
     trials hold only a slot, the worker group reserves its own CPUs/GPUs."""
-    if num_workers == 0 or one_worker_in_trial(num_workers):
+    if in_trial_actor(num_workers):
         res = {"CPU": 1.0}
         if gpus_per_worker:
             res["GPU"] = gpus_per_worker

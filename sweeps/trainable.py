@@ -111,18 +111,11 @@ def trainable(config: dict[str, Any], spec: SweepSpec) -> None:
     # restart), never the driver's current sweep: this is what trains, and what its row records.
     cfg = from_dict(TrainConfig, trial_of(config)["config"])
     trained = trained_json(cfg)
-    try:
-        if spec.num_workers == 0:
+    with raytrain.portable_errors():  # Ray pickles the trial's error for the driver
+        if spec.num_workers == 0 or session.holds_worker(spec.num_workers, _held()):
             summary, last = _run_in_process(cfg, spec, trial_id, trained)
-        elif session.holds_worker(spec.num_workers, _held()):
-            summary, last = _run_worker_here(cfg, spec, trial_id, trained)
         else:
             summary, last = _run_ray_train(cfg, spec, trial_id, trained)
-    except Exception as e:  # Ray pickles it for the driver: one that cannot be unpickled loses its message
-        error = raytrain.portable_error(e)
-        if error is e:
-            raise
-        raise error from None
     final = clean_metrics({**last, **summary}, last)
     final[FINAL_KEY] = True
     final[TRAINED_KEY] = trained
@@ -138,26 +131,11 @@ def _held() -> dict[str, float]:
 def _run_in_process(
     cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    hooks = TuneHooks(trained)
-    summary = _run_here(cfg, spec, trial_id, hooks)
-    summary["num_workers"] = 0  # in-process: no Ray Train worker group
-    return summary, hooks.last
-
-
-def _run_worker_here(
-    cfg: TrainConfig, spec: SweepSpec, trial_id: str, trained: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A 1-worker trial's worker, in this trial actor: what ``raytrain.train_loop_per_worker`` runs in a
-    1-worker Train run (world size 1, no process group), with the trial's reports and checkpoints going
-    straight to Tune. A failure (an error, or the process dying) is retried by Tune from the trial's last
-    checkpoint, ``spec.max_failures`` times, as for in-process trials (``sweeps.runner``)."""
-    hooks = TuneHooks(trained)
-    summary = _run_here(cfg, spec, trial_id, hooks)
-    summary["num_workers"] = 1  # one training worker (world size 1), as a 1-worker Train run records
-    return summary, hooks.last
-
-
-def _run_here(cfg: TrainConfig, spec: SweepSpec, trial_id: str, hooks: TuneHooks) -> dict[str, Any]:
+    """``geomix.train.run`` in this trial actor, reports and checkpoints through Tune: an in-process trial
+    (``num_workers=0``), or a 1-worker trial's worker (``num_workers=1``: what
+    ``raytrain.train_loop_per_worker`` runs in a 1-worker Train run, world size 1, no process group). A
+    failure (an error, or the process dying) is retried by Tune from the trial's last checkpoint,
+    ``spec.max_failures`` times (``sweeps.runner``)."""
     # Scratch space outside the trial folder: Ray syncs that folder to storage while the trial runs, and
     # would trip over the run's half-written temp files. Checkpoints reach storage through tune.report,
     # embeddings through keep_embeddings; the rest goes with the folder.
@@ -165,7 +143,8 @@ def _run_here(cfg: TrainConfig, spec: SweepSpec, trial_id: str, hooks: TuneHooks
     try:
         # run.out_dir is a run-only setting (not part of a trial's identity): the row keeps the trial's own
         cfg = from_dict(TrainConfig, merge(to_dict(cfg), {"run": {"out_dir": str(scratch)}}))
-        hooks.restore_dir = str(scratch / "restore")  # the copy of the checkpoint it resumes from goes too
+        # the copy of the checkpoint it resumes from goes with the scratch folder too
+        hooks = TuneHooks(trained, restore_dir=str(scratch / "restore"))
         summary = dict((spec.run_fn or train.run)(cfg, hooks=hooks))
         if cfg.run.save_embeddings:
             if kept := store.keep_embeddings(scratch, spec.results, embeddings_name(trial_id)):
@@ -173,7 +152,8 @@ def _run_here(cfg: TrainConfig, spec: SweepSpec, trial_id: str, hooks: TuneHooks
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     summary["node_ids"] = summary.get("node_ids") or session.node_id()
-    return summary
+    summary["num_workers"] = spec.num_workers  # 0: no Ray Train worker group; 1: one worker, world size 1
+    return summary, hooks.last
 
 
 def _run_ray_train(

@@ -245,9 +245,7 @@ def _flaky(run, root: Path):
 
 
 def _epoch(path: str) -> int:
-    import torch
-
-    return int(torch.load(Path(path) / "state.pt", weights_only=True)["epoch"])
+    return int(_state(Path(path))["epoch"])
 
 
 @pytest.mark.slow
