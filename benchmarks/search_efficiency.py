@@ -4,6 +4,7 @@
     python benchmarks/search_efficiency.py --grid-out grid.json     # ... and keep the grid's curves
     python benchmarks/search_efficiency.py --curves grid.json --startup-trials 4   # replays only
     python benchmarks/search_efficiency.py --smoke-test             # 2 x 2 tiny grid, one short search
+    python benchmarks/search_efficiency.py optim.schedule=constant  # the trials at a constant lr (below)
 
 The space is the m²-Mix row of ``sweeps/configs/ablation.yaml`` with two knobs: its weight ``loss.w_m2`` ×
 the α of its symmetric Beta(α, α) λ policy ``mix.m2.alpha`` (4 × 4 points, log-spaced over the search's
@@ -23,6 +24,11 @@ the α of its symmetric Beta(α, α) λ policy ``mix.m2.alpha`` (4 × 4 points, 
    time (``max_concurrent_trials=1``), so ASHA's decisions, and with them the whole search, are
    reproducible per searcher seed. As in a real search, a point suggested twice is run (and counted)
    twice, and TPE's first ``n_startup_trials`` suggestions are random (Optuna's default: 10).
+
+The schedule matters to ASHA, which stops trials on their early epochs' ``val_rsum``: under the default
+warm-up + cosine (``optim.schedule=cosine``) the lr is still high at the early rungs and the configs'
+order there need not be their final one; ``optim.schedule=constant`` (an override like any other) keeps
+the lr flat after the warm-up, the setting in which early epochs are meant to rank configs.
 
 Compute is counted in trial-epochs: the epochs each trial reported before it finished or ASHA stopped it
 (the grid: points × epochs). A search has *found* the grid's best once a trial trained for the full epochs
@@ -263,6 +269,8 @@ def report(table: Mapping[str, Any], runs: Mapping[str, Mapping[int, list[dict[s
              if args.grace * args.reduction_factor ** k < epochs + 1]
     print(f"\ngrid: {len(points)} points ({W_KEY} in {table['weights']} x {ALPHA_KEY} in {table['alphas']}), "
           f"{epochs} epochs each = {grid_compute} trial-epochs")
+    schedule = table["base"].get("optim", {}).get("schedule", C.OptimConfig().schedule)
+    print(f"every trial: optim.schedule={schedule} (after a warm-up of optim.warmup_frac of its steps)")
     if "grid_wall_s" in table:
         print(f"grid trained in {table['grid_wall_s']:.0f} s")
     print(f"grid's best final val_rsum {final_val(best):.2f} at {W_KEY}={best['w']}, "

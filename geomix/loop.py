@@ -120,8 +120,7 @@ class Trainer:
         self.optimizer = runtime.adamw(self.model, cfg)
         warmup = int(cfg.optim.warmup_frac * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: runtime.warmup_cosine(s, warmup, self.total_steps)
-        )
+            self.optimizer, lambda s: runtime.lr_multiplier(cfg.optim.schedule, s, warmup, self.total_steps))
         # The loss owns its seeded generator (λ, partners, pixel mixing); its state is checkpointed.
         if self.task is not None:
             self.loss_fn: nn.Module = self.task.loss_fn

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from geomix.config import TrainConfig
+from geomix.config import LR_SCHEDULES, TrainConfig, check_choice
 
-__all__ = ["dist_context", "device_for", "autocast_dtype", "adamw", "warmup_cosine", "Towers",
+__all__ = ["dist_context", "device_for", "autocast_dtype", "adamw", "lr_multiplier", "Towers",
            "fast_transform_ok"]
 
 
@@ -75,12 +75,16 @@ def adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
 
 
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+def lr_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
+    """Multiplier of the base lr at ``step`` (``optim.schedule``): linear warm-up to 1 over ``warmup``
+    steps, then ``cosine`` or ``linear`` decay to 0 at ``total``, or ``constant`` 1."""
+    check_choice("optim.schedule", schedule, LR_SCHEDULES)
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

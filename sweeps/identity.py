@@ -17,6 +17,7 @@ too):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomix.config import RUN_ONLY, SECTIONS, TrainConfig, flatten, to_dict
+from geomix.config import RUN_ONLY, SECTIONS, TrainConfig, admits_none, flatten, to_dict
 
 __all__ = ["RUN_ONLY", "identity", "trial_key", "SweepChanged", "Plan", "plan", "check_saved", "move_aside"]
 
@@ -49,11 +50,32 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """The default config's identity keys (every section key and top-level setting such as ``task``, less
+    ``method`` and :data:`RUN_ONLY`) -> values in one spelling."""
+    flat = flatten(to_dict(TrainConfig()))
+    return {k: _plain(v) for k, v in flat.items() if k != "method" and k not in RUN_ONLY}
+
+
+def _keyed(k: str) -> bool:
+    return k.startswith(_PREFIXES) or k in _defaults()
+
+
 def identity(flat: Mapping[str, Any]) -> dict[str, Any]:
     """The identity of a trial from its flattened config (``flatten(to_dict(cfg))``, or a ``trials`` row):
-    ``method`` and every config key except :data:`RUN_ONLY`, with values in one spelling."""
+    ``method`` and every config key except :data:`RUN_ONLY`, with values in one spelling.
+
+    A row written before a config field existed has no value for it (the key is absent, or null where the
+    reader unified it with newer parts). It ran with what that field's default reproduces (a field is added
+    with the default that keeps earlier runs' behaviour, ``docs/results.md``), so such a key reads as the
+    default, and an old folder stays this sweep's when nothing it computes changed. A null where the field
+    may be null is a value and stays one."""
     out = {"method": _plain(flat.get("method"))}
-    out.update({k: _plain(v) for k, v in flat.items() if k.startswith(_PREFIXES) and k not in RUN_ONLY})
+    out.update({k: _plain(v) for k, v in flat.items() if _keyed(k) and k not in RUN_ONLY and k != "method"})
+    if len(out) > 1:
+        out.update({k: v for k, v in _defaults().items()
+                    if k not in out or (out[k] is None and v is not None and admits_none(k) is False)})
     return out
 
 

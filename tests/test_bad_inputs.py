@@ -189,6 +189,7 @@ CHOICE = [
     ("run.precision=fp8", "run.precision='fp8'", "'fp32', 'bf16', 'fp16'"),
     ("loss.kind=mixup", "loss.kind='mixup'", "'contrastive', 'imix', 'unmix'"),
     ("loss.decay=linear", "loss.decay='linear'", "'constant', 'inverse_epoch'"),
+    ("optim.schedule=step", "optim.schedule='step'", "'cosine', 'linear', 'constant'"),
     ("mix.geometry=hyperbolic", "mix.geometry='hyperbolic'", "'geodesic', 'linear'"),
     ("mix.partner=nearest", "mix.partner='nearest'", "'reverse', 'random', 'history'"),
     ("mix.m2.policy=uniform", "mix.m2.policy='uniform'", "'beta', 'fixed', 'progressive', 'history'"),

@@ -5,6 +5,7 @@ old folder, and a second driver on the same folder is refused."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -189,3 +190,54 @@ def test_end_of_sweep_line_says_when_trials_are_missing(tmp_path, capsys, monkey
     assert "1 of 3 trials have results" in out and "the other 2" in out and "ran now" not in out
     cli.print_summary(spec, 1, 12.0)
     assert "(1 ran now, 0 reused" in capsys.readouterr().out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _rows_without(spec, trials, dropped):
+    """Rows as a geomix from before the ``dropped`` config keys existed wrote them (no such columns)."""
+    rows = []
+    for i, t in enumerate(trials):
+        row = store.trial_row(sweep=spec.name, trial_id=f"old{i}", config=t["config"],
+                              result={"test_rsum": 100.0 + i}, env={})
+        rows.append({k: v for k, v in row.items() if k not in dropped})
+    store.write_rows(spec.results, "trials", rows)
+
+
+def test_an_old_folder_without_a_later_fields_columns_is_still_this_sweeps(tmp_path):
+    """A field added later (``optim.schedule``, ``task``) reads as its default in rows written before it: a
+    rerun of the old folder reuses them, also when a newer part makes the reader fill the column with null;
+    a sweep that sets the new field to another value is refused, naming it."""
+    spec = _spec(tmp_path)
+    _rows_without(spec, _trials(spec, seeds=(0,)), {"optim.schedule", "task"})
+    new = _trials(spec, seeds=(1,))
+    store.write_rows(spec.results, "trials", [
+        store.trial_row(sweep=spec.name, trial_id=f"new{i}", config=t["config"], result={"test_rsum": 1.0},
+                        env={}) for i, t in enumerate(new)])
+    rows = folder.existing_rows(spec.results)
+    old = [r for r in rows if r["trial_id"].startswith("old")]
+    assert len(old) == 2 and all(_missing(r[k]) for r in old for k in ("optim.schedule", "task"))
+    got = identity.plan(_trials(spec, seeds=(0, 1, 2)), rows, _resolver(spec), spec.results)
+    assert sorted((t["method"], t["seed"]) for t in got.todo) == [("ft", 2), ("m2_mix", 2)]
+    assert got.reused == 4
+
+    constant = _spec(tmp_path, base={**BASE, "optim": {**BASE["optim"], "schedule": "constant"}})
+    with pytest.raises(identity.SweepChanged, match="optim.schedule: 'cosine' -> 'constant'"):
+        identity.plan(_trials(constant), rows, _resolver(constant), spec.results)
+
+
+def test_a_null_that_the_field_allows_stays_a_value(tmp_path):
+    """``optim.grad_clip`` may be null (no clipping): a row with null there is not read as the default 1.0."""
+    clipped = _spec(tmp_path)
+    unclipped = _spec(tmp_path, base={**BASE, "optim": {**BASE["optim"], "grad_clip": None}})
+    rows = _write_rows(unclipped, _trials(unclipped))
+    assert identity.plan(_trials(unclipped), rows, _resolver(unclipped), unclipped.results).todo == []
+    with pytest.raises(identity.SweepChanged, match="optim.grad_clip: None -> 1"):
+        identity.plan(_trials(clipped), rows, _resolver(clipped), clipped.results)
+
+
+def test_the_task_is_part_of_the_identity(tmp_path):
+    cfg = resolve_trial(_spec(tmp_path), "ft", 0)
+    assert identity.trial_key(dataclasses.replace(cfg, task="classify")) != identity.trial_key(cfg)

@@ -83,6 +83,24 @@ def test_learnable_tau_moves_and_is_clamped_fixed_tau_stays():
     assert all(abs(r["logit_scale"] - 20.0) < 1e-3 for r in _steps(rec))
 
 
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_lr_schedule_after_the_warm_up(schedule):
+    """``optim.schedule``: the lr each step reports (after its optimiser step), 8 steps, 2 of them warm-up."""
+    rec = Recorder()
+    overrides = ["run.report_every=1", "optim.epochs=4", "optim.warmup_frac=0.25", "optim.lr=0.004"]
+    if schedule != "cosine":  # the default
+        overrides.append(f"optim.schedule={schedule}")
+    assert train.run(_cfg(*overrides), hooks=rec)["status"] == "completed"
+    lrs = [r["lr"] for r in _steps(rec)]
+    # Step k (1-based) reports the lr the scheduler set for step k + 1: warm-up (k+1)/2 of the lr for k < 2,
+    # then the decay's position (k - 2) / 6 between the end of the warm-up and the last step.
+    after = [(k - 2) / 6 for k in range(2, 9)]
+    shape = {"cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in after],
+             "linear": [1 - p for p in after], "constant": [1.0] * 7}[schedule]
+    assert lrs == pytest.approx([0.004] + [0.004 * m for m in shape], rel=1e-9)
+    assert len(lrs) == 8
+
 @pytest.mark.parametrize(
     "overrides,terms",
     [

@@ -8,6 +8,7 @@ Example::
 
 from geomix.checks import ConfigError, check_choice, check_range
 from geomix.config.io import (
+    admits_none,
     build_config,
     config_hash,
     from_dict,
@@ -34,6 +35,7 @@ from geomix.config.sections import (
     EMBEDDED_BASE,
     LAMBDA_POLICIES,
     LOSS_KINDS,
+    LR_SCHEDULES,
     MIX_GEOMETRIES,
     PARTNER_POLICIES,
     RUN_ONLY,
@@ -48,10 +50,10 @@ from geomix.dotted import flatten, merge, unflatten
 __all__ = [
     "EMBEDDED_BASE",
     "RUN_ONLY",
-    "ConfigError", "check_choice", "check_range", "build_config", "config_hash", "from_dict", "load_config",
-    "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
-    "LAMBDA_POLICIES", "LOSS_KINDS", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS", "SEPARATORS",
-    "SHAPE_STYLES", "TASKS",
+    "ConfigError", "admits_none", "check_choice", "check_range", "build_config", "config_hash", "from_dict",
+    "load_config", "load_yaml", "parse_overrides", "save_config", "to_dict", "flatten", "merge", "unflatten",
+    "LAMBDA_POLICIES", "LOSS_KINDS", "LR_SCHEDULES", "MIX_GEOMETRIES", "PARTNER_POLICIES", "SECTIONS",
+    "SEPARATORS", "SHAPE_STYLES", "TASKS",
     "WASSERSTEIN_ESTIMATORS", "WEIGHT_DECAYS", "DataConfig", "EvaluationConfig", "LambdaConfig",
     "LossConfig", "MixConfig",
     "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "TransferConfig",

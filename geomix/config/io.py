@@ -38,6 +38,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 __all__ = [
     "from_dict", "to_dict", "parse_overrides", "load_yaml", "build_config", "load_config", "config_hash",
     "save_config",
+    "admits_none",
 ]
 
 
@@ -103,6 +104,19 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             fail(name, value, "a string")
         return value
     return value
+
+
+def admits_none(key: str, cls: type | None = None) -> bool | None:
+    """Whether the config field at dotted ``key`` may be null (``None``: no such field)."""
+    cls = cls or TrainConfig
+    *path, last = key.split(".")
+    for part in path:
+        tp, _ = _strip_optional(cls.serial_fields().get(part))  # type: ignore[attr-defined]
+        if not (isinstance(tp, type) and issubclass(tp, _Section)):
+            return None
+        cls = tp
+    fields = cls.serial_fields()  # type: ignore[attr-defined]
+    return _strip_optional(fields[last])[1] if last in fields else None
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:

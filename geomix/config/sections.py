@@ -17,6 +17,8 @@ LambdaPolicyName = Literal["beta", "fixed", "progressive", "history"]
 PartnerPolicyName = Literal["reverse", "random", "history"]
 Geometry = Literal["geodesic", "linear"]
 Decay = Literal["constant", "inverse_epoch"]
+#: The learning rate after the linear warm-up: cosine or linear decay to 0 at the last step, or constant.
+Schedule = Literal["cosine", "linear", "constant"]
 LossKind = Literal["contrastive", "imix", "unmix"]
 Estimator = Literal["sliced", "exact"]
 DataSource = Literal["shapes", "csv", "json", "folder"]
@@ -36,6 +38,7 @@ LAMBDA_POLICIES: tuple[str, ...] = typing.get_args(LambdaPolicyName)
 PARTNER_POLICIES: tuple[str, ...] = typing.get_args(PartnerPolicyName)
 MIX_GEOMETRIES: tuple[str, ...] = typing.get_args(Geometry)
 WEIGHT_DECAYS: tuple[str, ...] = typing.get_args(Decay)
+LR_SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 LOSS_KINDS: tuple[str, ...] = typing.get_args(LossKind)
 WASSERSTEIN_ESTIMATORS: tuple[str, ...] = typing.get_args(Estimator)
 SHAPE_STYLES: tuple[str, ...] = typing.get_args(ShapeStyle)
