@@ -126,7 +126,8 @@ class Trainer:
             self.loss_fn: nn.Module = self.task.loss_fn
         elif cfg.loss.kind == "contrastive":
             self.loss_fn = losses.MixLoss(cfg.loss, cfg.mix, rank=rank, world_size=world,
-                                          generator_seed=cfg.run.seed)
+                                          generator_seed=cfg.run.seed,
+                                          path="compiled" if cfg.run.compile_loss else "auto")
         else:
             self.loss_fn = losses.InputMixLoss(cfg.loss, rank=rank, world_size=world,
                                                generator_seed=cfg.run.seed)
