@@ -9,17 +9,13 @@ by CLIP's; the rest is ``O(n²)`` and ``O(n·d)`` work, which the Gram path has 
 Cases: ``clip``, ``open_clip`` and the single terms ``m2``, ``v``, ``l``, ``vl`` are the one-process
 functions (the direct kernels, each term alone). ``m3`` is ``MixLoss`` with all four terms on the direct
 kernels (before), ``m3_gram`` the same on the Gram path (after, ``path='auto'``); ``m2_gram``, ``v_gram``,
-``l_gram``, ``vl_gram`` are the single-term methods (CLIP plus that term) on the Gram path. The ``*_compiled``
-cases are the same on the compiled path (``path='compiled'``, ``run.compile_loss``: the Gram path's ``n×n``
-work through ``torch.compile``; the first call, in the warm-up, compiles), and ``clip_compiled`` is CLIP alone
-there: the last column divides by it.
+``l_gram``, ``vl_gram`` are the single-term methods (CLIP plus that term) on the Gram path.
 
     python benchmarks/loss_overhead.py                     # n in {128, 512, 1024}, d = 512
     python benchmarks/loss_overhead.py --sizes 1024 4096 --repeats 7
     python benchmarks/loss_overhead.py --threads 1         # one thread: steadier on a busy machine
     python benchmarks/loss_overhead.py --smoke-test        # tiny sizes, seconds
     python benchmarks/loss_overhead.py --sizes 1024 --threads 1 --profile clip m3_gram   # where the time goes
-    python benchmarks/loss_overhead.py --sizes 1024 --threads 1 --cases m3_gram m3_compiled clip_compiled
 
 ``--profile`` runs each named case under ``torch.profiler`` (after the timing table) and prints its total
 and the operators that take the most time, split by input shape: the ``n×n×d`` products against the
@@ -60,11 +56,6 @@ def _gram_products(weights: dict[str, float]) -> int:
 
 
 _MATMULS |= {name: _gram_products(weights) for name, weights in _GRAM.items()}
-# The same on the compiled path (``path='compiled'``, ``run.compile_loss``), and CLIP alone on it: the fair
-# reference for a compiled term (its own cross-entropy is compiled too).
-_COMPILED = {name.replace("_gram", "_compiled"): weights for name, weights in _GRAM.items()} | {
-    "clip_compiled": {}}
-_MATMULS |= {name: _gram_products(weights) for name, weights in _COMPILED.items()}
 
 
 def _mix_loss(weights: dict[str, float], path: str) -> Callable[..., torch.Tensor]:
@@ -85,8 +76,7 @@ def _cases(n: int, device: torch.device) -> dict[str, Callable[..., torch.Tensor
         "vl": lambda i, t, s: L.vl_mix_loss(i, t, 0.5, perm, s, check=False),
         "m3": _mix_loss(_M3, "direct"),
     }
-    cases |= {name: _mix_loss(weights, "auto") for name, weights in _GRAM.items()}
-    return cases | {name: _mix_loss(weights, "compiled") for name, weights in _COMPILED.items()}
+    return cases | {name: _mix_loss(weights, "auto") for name, weights in _GRAM.items()}
 
 
 def _time_once(fn: Callable[..., torch.Tensor], img, txt, device: torch.device) -> float:
@@ -118,7 +108,6 @@ def run(
                 if rep >= warmup:
                     times[name].append(dt)
         base, base_min = statistics.median(times["clip"]), min(times["clip"])
-        compiled = statistics.median(times["clip_compiled"]) if "clip_compiled" in times else None
         for name, ts in times.items():
             med = statistics.median(ts)
             rows.append(
@@ -129,7 +118,6 @@ def run(
                     "ratio": med / base,
                     "min_ms": 1e3 * min(ts),
                     "min_ratio": min(ts) / base_min,
-                    "ratio_compiled": None if compiled is None else med / compiled,
                     "matmuls": _MATMULS[name] / _MATMULS["clip"],
                 }
             )
@@ -181,15 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         f"# loss forward+backward, d={args.dim}, device={device}, threads={torch.get_num_threads()}, "
         f"{args.repeats} interleaved repeats, median"
     )
-    extra = any(r["ratio_compiled"] is not None for r in rows)
-    head = (f"{'n':>6} {'case':<13} {'median ms':>10} {'x CLIP':>7} {'min ms':>9} {'x CLIP':>7} "
-            f"{'matmuls x':>10}")
-    print(head + (f" {'x clip_compiled':>16}" if extra else ""))
+    print(
+        f"{'n':>6} {'case':<10} {'median ms':>10} {'x CLIP':>7} {'min ms':>9} {'x CLIP':>7} {'matmuls x':>10}"
+    )
     for r in rows:
         print(
-            f"{r['n']:>6} {r['case']:<13} {r['median_ms']:>10.3f} {r['ratio']:>7.2f} "
+            f"{r['n']:>6} {r['case']:<10} {r['median_ms']:>10.3f} {r['ratio']:>7.2f} "
             f"{r['min_ms']:>9.3f} {r['min_ratio']:>7.2f} {r['matmuls']:>10.2f}"
-            + (f" {r['ratio_compiled']:>16.2f}" if extra else "")
         )
     for name in args.profile or ():
         profile(name, max(args.sizes), args.dim, device)

@@ -126,8 +126,7 @@ class Trainer:
             self.loss_fn: nn.Module = self.task.loss_fn
         elif cfg.loss.kind == "contrastive":
             self.loss_fn = losses.MixLoss(cfg.loss, cfg.mix, rank=rank, world_size=world,
-                                          generator_seed=cfg.run.seed,
-                                          path="compiled" if cfg.run.compile_loss else "auto")
+                                          generator_seed=cfg.run.seed)
         else:
             self.loss_fn = losses.InputMixLoss(cfg.loss, rank=rank, world_size=world,
                                                generator_seed=cfg.run.seed)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from geomix import losses as L
 from geomix.config import LambdaConfig, LossConfig, MixConfig
-from geomix.losses import fused, gram
+from geomix.losses import gram
 from geomix.losses import kernels as K
 from geomix.losses._common import _inverse, _line_ce, _two_way_ce
 from geomix.sphere import geodesic_mix, linear_mix
@@ -385,70 +385,3 @@ def test_ddp_gram_path_equals_direct_kernels(ddp_results, name):
         want = ddp_results[rank][name, "direct"]
         for path in ("gram", "auto"):
             _same_runs(ddp_results[rank][name, path], want, f"{name} {path} rank {rank}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the compiled path (geomix.losses.fused): the same formulas through torch.compile
-
-
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """How many steps the compiled path served, so a parity test cannot pass on the eager Gram path."""
-    calls = []
-    real = fused.shares
-
-    def counted(*args):
-        out = real(*args)
-        calls.append(bool(out))
-        return out
-
-    monkeypatch.setattr(fused, "shares", counted)
-    return calls
-
-
-@pytest.mark.parametrize("partner", ["random", "reverse"])
-@pytest.mark.parametrize("subset", [TERMS, ("v",), ("m2",), ()], ids=lambda s: "+".join(("clip", *s)))
-def test_compiled_path_equals_direct_kernels(subset, partner, fused_calls):
-    """Every step through the compiled function: values, per-term values, gradients (images, texts, the
-    learnable scale) and the λ stream equal the direct kernels', both geometries, odd n, m2_tau set or not."""
-    for geometry, m2_tau in (("geodesic", None), ("linear", 0.2)):
-        loss_cfg = LossConfig(decay="inverse_epoch", m2_tau=m2_tau, **{f"w_{t}": 0.5 for t in subset})
-        mix_cfg = MixConfig(partner=partner, geometry=geometry, **MIX)
-        want = _run(L.MixLoss(loss_cfg, mix_cfg, generator_seed=5, path="direct"), _batches())
-        got = _run(L.MixLoss(loss_cfg, mix_cfg, generator_seed=5, path="compiled"), _batches())
-        _same_runs(got, want, f"compiled {geometry} {partner} {subset}")
-    assert fused_calls == [True] * (2 * STEPS)
-
-
-@pytest.mark.parametrize("term", ["v", "l"])
-def test_compiled_path_takes_a_per_row_lambda(term):
-    img, txt = (x.requires_grad_(True) for x in _batches(n=11, steps=1, seed=3)[0])
-    perm = torch.randperm(11, generator=torch.Generator().manual_seed(1))
-    lam = torch.rand(11, generator=torch.Generator().manual_seed(2))
-    x = _inputs(img, txt, None, "random", "geodesic", perm)
-    want = gram.shares(x, {term: lam}, {term: DIRECT[term]})
-    got = fused.shares(x, {term: lam}, {term: DIRECT[term]})
-    _close(got["clip"][0], want["clip"][0], "clip")
-    # One backward per path: the compiled function's outputs share one graph.
-    pairs = zip(_grads(got["clip"][0] + got[term][0], x), _grads(want["clip"][0] + want[term][0], x))
-    for (g, w), what in zip(pairs, ("value", "img", "txt", "scale")):
-        _close(g, w, f"{term} per-row λ, clip + {term}: {what}")
-    for g, w in zip(got[term][1](), want[term][1]()):
-        _close(g, w, f"{term} observation")
-
-
-def test_compiled_path_leaves_other_steps_to_the_gram_path(fused_calls):
-    """History partners and one worker's rows are not compiled: those steps run eagerly, with equal values;
-    an ill-conditioned step falls back to the direct kernels as on the Gram path."""
-    loss_cfg = LossConfig(**{f"w_{t}": 0.5 for t in TERMS})
-    mix_cfg = MixConfig(partner="history", **MIX)
-    want = _run(L.MixLoss(loss_cfg, mix_cfg, path="direct"), _batches())
-    got = _run(L.MixLoss(loss_cfg, mix_cfg, path="compiled"), _batches())
-    _same_runs(got, want, "compiled, history partners")
-    # The first step has no history yet (random partners): compiled; the later ones read the history.
-    assert fused_calls == [True]
-    x = _inputs(*_batches(n=11, steps=1)[0], (0, 4), "random", "geodesic")
-    assert not fused.supported(x) and fused.supported(_inputs(*_batches(n=11, steps=1)[0], None, "random",
-                                                               "geodesic"))
-    img, txt = _edge_batch("antipodal")
-    assert fused.shares(_inputs(img, txt, None, "reverse", "geodesic"), {"v": 0.3}, {"v": K.v_term}) == {}

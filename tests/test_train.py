@@ -101,26 +101,6 @@ def test_the_lr_schedule_after_the_warm_up(schedule):
     assert lrs == pytest.approx([0.004] + [0.004 * m for m in shape], rel=1e-9)
     assert len(lrs) == 8
 
-
-def test_a_compiled_loss_trains_as_the_eager_one(monkeypatch):
-    """``run.compile_loss=true``: every step's mix loss through the compiled path, and the run's losses and
-    metrics equal the eager run's to float rounding (the trajectories part by rounding only)."""
-    from geomix.losses import fused
-
-    served = []
-    real = fused.shares
-    monkeypatch.setattr(fused, "shares", lambda *a: served.append(1) or real(*a))
-    runs = []
-    for compiled in (False, True):
-        rec = Recorder()
-        result = train.run(_cfg(*ALL_TERMS, "run.report_every=1", f"run.compile_loss={compiled}"), hooks=rec)
-        assert result["status"] == "completed", result["error"]
-        runs.append((result, [r["train_loss"] for r in _steps(rec)]))
-    (eager, eager_losses), (comp, comp_losses) = runs
-    assert len(served) == 4 == len(comp_losses)  # 2 epochs x 2 steps, each through fused.shares
-    assert comp_losses == pytest.approx(eager_losses, rel=1e-4)
-    assert comp["test_rsum"] == pytest.approx(eager["test_rsum"], abs=1.0)
-
 @pytest.mark.parametrize(
     "overrides,terms",
     [

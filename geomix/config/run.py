@@ -53,9 +53,7 @@ class RunConfig(_Section):
     files). ``resume``: continue from the last checkpoint in ``out_dir`` if there is one.
     ``eval_start``: also evaluate the starting model on the test split (result keys ``start_test_*``; the
     command line turns it on to print base -> fine-tuned). ``report_every``: also report training
-    progress (loss, λ) to the hooks every N steps (0 = only at evaluation points). ``compile_loss``: the
-    contrastive mix loss's ``n×n`` work through ``torch.compile`` (``geomix.losses.fused``; the same values
-    to float rounding, so not part of a trial's identity; the first step compiles).
+    progress (loss, λ) to the hooks every N steps (0 = only at evaluation points).
     """
 
     section: ClassVar[str] = "run"
@@ -72,7 +70,6 @@ class RunConfig(_Section):
     progress: bool = True
     eval_start: bool = False
     report_every: int = 0
-    compile_loss: bool = False
 
     def _check(self, p: str) -> None:
         check_seed(f"{p}.seed", self.seed)

@@ -88,9 +88,8 @@ class _Section:
 EMBEDDED_BASE = "embedded-base"
 
 #: Settings that change where and how a trial runs, not what it computes (threads, progress bar, logging
-#: cadence, output and cache folders, a compiled loss: float rounding at most): left out of a trial's
-#: identity and of "same config" comparisons.
+#: cadence, output and cache folders): left out of a trial's identity and of "same config" comparisons.
 RUN_ONLY: frozenset[str] = frozenset({
     "run.threads", "run.progress", "run.log_every", "run.out_dir", "run.resume", "model.cache_dir",
-    "data.loader_workers", "data.allow_overlap", "run.compile_loss",
+    "data.loader_workers", "data.allow_overlap",
 })

@@ -20,7 +20,6 @@ step fall back to the direct kernels: they do not occur between real embeddings,
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -315,13 +314,12 @@ def vl_term(x: K.TermInputs, lam: Lam, g: Gram) -> tuple[torch.Tensor, Observe]:
     tm, obs_t = g.mixed("t", "th" if hist else "t", not hist, lam, 1.0)
     tw = g.two_way(im, tm)
     share = 0.5 * tw.both((g.idx,), (g.idx,)) * _share(g.r, g.n)
-    return share, functools.partial(joint_observation, obs_i, obs_t)
 
+    def observe() -> K.Observation:
+        (mi, ii, pi), (mt, tt, pt) = obs_i(), obs_t()
+        return torch.cat([mi, mt]), torch.cat([ii, tt]), torch.cat([pi, pt])
 
-def joint_observation(obs_i: Observe, obs_t: Observe) -> K.Observation:
-    """VL-Mix's observation: the image side's and the text side's (mixed, a-side, b-side), stacked."""
-    (mi, ii, pi), (mt, tt, pt) = obs_i(), obs_t()
-    return torch.cat([mi, mt]), torch.cat([ii, tt]), torch.cat([pi, pt])
+    return share, observe
 
 
 # The direct kernels this path replaces (a term registered with another kernel stays direct).

@@ -8,7 +8,7 @@ from torch import nn
 from geomix import registry
 from geomix.checks import check_choice, check_range
 from geomix.config import LossConfig, MixConfig
-from geomix.losses import fused, gram
+from geomix.losses import gram
 from geomix.losses._common import (
     Scale,
     _check_batch_shapes,
@@ -22,7 +22,7 @@ from geomix.losses.distributed import _dist_ready, _gather, _replicated_scale
 from geomix.losses.kernels import Observation, TermInputs, _clip_share, _Partners, _perm_partners
 from geomix.mixing import HistoryPartner, build_lambda_policy, build_partner_policy
 
-PATHS = ("auto", "gram", "direct", "compiled")
+PATHS = ("auto", "gram", "direct")
 
 
 class MixLoss(nn.Module):
@@ -53,9 +53,7 @@ class MixLoss(nn.Module):
         path: how the built-in terms' logits are formed. ``'auto'``: each term on whichever of the Gram
             path (:mod:`geomix.losses.gram`, logits from ``I·Tᵀ``, ``I·Iᵀ``, ``T·Tᵀ``) and its direct
             kernel needs fewer ``n×n×d`` products; ``'gram'``: every built-in term on the Gram path;
-            ``'direct'``: the per-term kernels of :mod:`geomix.losses.kernels`; ``'compiled'``: every
-            built-in term on the Gram path with its ``n×n`` work compiled (:mod:`geomix.losses.fused`;
-            ``run.compile_loss``), where a step allows it, else as ``'gram'``. The values agree to float
+            ``'direct'``: the per-term kernels of :mod:`geomix.losses.kernels`. The values agree to float
             rounding.
     """
 
@@ -215,8 +213,7 @@ class MixLoss(nn.Module):
         draw = dict(step=step, total_steps=total_steps)
         lams = {k: self.policies[k].sample(self.generator, **draw) for k in self.active}
         on_gram = self._plan(rows is not None, part is not None and part.hist is not None)
-        path = fused if self.path == "compiled" and fused.supported(inputs) else gram
-        done = {} if on_gram is None else path.shares(inputs, lams, {k: self.kernels[k] for k in on_gram})
+        done = {} if on_gram is None else gram.shares(inputs, lams, {k: self.kernels[k] for k in on_gram})
         shares = {"clip": done["clip"][0] if done else _clip_share(i, t, s, rows)}
         observations: dict[str, Observation] = {}
         for name in self.active:
@@ -237,7 +234,7 @@ class MixLoss(nn.Module):
         """
         if self.path == "direct":
             return None
-        if self.path in ("gram", "compiled"):
+        if self.path == "gram":
             return self._gram_terms
         key = (local, hist)
         if key not in self._plans:
