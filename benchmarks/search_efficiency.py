@@ -28,7 +28,10 @@ the α of its symmetric Beta(α, α) λ policy ``mix.m2.alpha`` (4 × 4 points, 
 The schedule matters to ASHA, which stops trials on their early epochs' ``val_rsum``: under the default
 warm-up + cosine (``optim.schedule=cosine``) the lr is still high at the early rungs and the configs'
 order there need not be their final one; ``optim.schedule=constant`` (an override like any other) keeps
-the lr flat after the warm-up, the setting in which early epochs are meant to rank configs.
+the lr flat after the warm-up, the setting in which early epochs are meant to rank configs. The table's
+header measures that premise on the grid itself: per epoch, the Spearman correlation of the points'
+``val_rsum`` with their final one, and where the final best point ranks then (scipy, from the
+``analysis`` extra that the README's install includes).
 
 Compute is counted in trial-epochs: the epochs each trial reported before it finished or ASHA stopped it
 (the grid: points × epochs). A search has *found* the grid's best once a trial trained for the full epochs
@@ -155,6 +158,25 @@ def final_val(point: Mapping[str, Any]) -> float:
     return float(point["reports"][-1]["val_rsum"])
 
 
+def rank_agreement(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """ASHA's premise, measured on the grid: per epoch before the last, the Spearman correlation of the
+    points' ``val_rsum`` with their final one, and the final best point's rank then (1 = first). The
+    starting model's report (epoch 0, the same for every point) is left out."""
+    from scipy import stats
+
+    epochs = sorted({int(r["epoch"]) for p in points for r in p["reports"][:-1] if int(r["epoch"]) > 0})
+    final = [final_val(p) for p in points]
+    best = max(range(len(points)), key=final.__getitem__)
+    out = []
+    for e in epochs:
+        at = [next(float(r["val_rsum"]) for r in p["reports"][:-1] if int(r["epoch"]) == e) for p in points]
+        rank = 1 + sum(v > at[best] for v in at)
+        # undefined (None) where every point scores the same, at that epoch or at the end
+        rho = None if len(set(at)) < 2 or len(set(final)) < 2 else float(stats.spearmanr(at, final).statistic)
+        out.append({"epoch": e, "spearman": rho, "best_rank": rank})
+    return out
+
+
 def synthetic_table(finals: Mapping[tuple[float, float], float], epochs: int) -> dict[str, Any]:
     """A curve table with known answers (tests): each point's ``val_rsum`` rises linearly from 0 to its
     final value, so the ranking is the same at every epoch; test rsum = final val_rsum."""
@@ -278,6 +300,11 @@ def report(table: Mapping[str, Any], runs: Mapping[str, Mapping[int, list[dict[s
           f"{len(points)} points within {args.tolerance:g} of it; final val_rsum range "
           f"{min(map(final_val, points)):.2f}..{final_val(best):.2f}; best test rsum "
           f"{best_test['result']['test_rsum']:.2f}")
+    agreement = rank_agreement(points)
+    print("early epochs vs the final val_rsum over the grid (what ASHA's rungs go by): " + "; ".join(
+        f"epoch {a['epoch']}: Spearman {_fmt(a['spearman'], '+.2f')}, the best point "
+        f"{a['best_rank']}/{len(points)}"
+        for a in agreement))
     det = table.get("determinism")
     if det:
         same = "bit-identical" if det["identical"] else f"DIFFERENT ({det['first']} vs {det['second']})"
@@ -294,7 +321,7 @@ def report(table: Mapping[str, Any], runs: Mapping[str, Mapping[int, list[dict[s
     print(f"{LABELS['grid']:<20}{'-':>6}{'-':>7}{1.0:>8.2f}{1.0:>7.2f}{1.0:>7.2f}{1.0:>14.2f}{len(points):>14}"
           f"{_fmt(best['result']['test_rsum']):>16}")
     out: dict[str, Any] = {"grid": {"best_val": final_val(best), "target": target, "near": len(near),
-                                    "compute": grid_compute}, "searches": {}}
+                                    "compute": grid_compute, "rank_agreement": agreement}, "searches": {}}
     for name, per_seed in runs.items():
         effs = [efficiency(trials, target, grid_compute) for trials in per_seed.values()]
         fr = [e["fraction"] for e in effs]

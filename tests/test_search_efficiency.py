@@ -78,7 +78,9 @@ def test_replayed_searches_on_tables_with_known_answers(bench, local_ray, tmp_pa
     assert bench.main(["--curves", str(flat), "--searches", "tpe", "--seeds", "0", "--budget", "1",
                        "--json", str(tmp_path / "flat-out.json")]) == 0
     out = json.loads((tmp_path / "flat-out.json").read_text())
+    agreement = out["grid"].pop("rank_agreement")
     assert out["grid"] == {"best_val": 300.0, "target": 299.0, "near": 16, "compute": 64}
+    assert [a["spearman"] for a in agreement] == [None] * (EPOCHS - 1)  # every point the same: undefined
     assert out["searches"]["tpe"]["fractions"] == [4 / 64]
 
     finals = {(w, a): 300.0 + 10 * i for i, (w, a) in enumerate((w, a) for w in WEIGHTS for a in ALPHAS)}
@@ -89,6 +91,8 @@ def test_replayed_searches_on_tables_with_known_answers(bench, local_ray, tmp_pa
                        "--json", str(tmp_path / "one-out.json")]) == 0
     out = json.loads((tmp_path / "one-out.json").read_text())
     assert out["grid"]["best_val"] == 500.0 and out["grid"]["near"] == 1
+    agreement = [(a["spearman"], a["best_rank"]) for a in out["grid"]["rank_agreement"]]
+    assert agreement == [(pytest.approx(1.0), 1)] * (EPOCHS - 1)  # the same ranking at every epoch
     for name, numbers in out["searches"].items():
         trials = numbers["trials"]["0"]
         assert len(trials) == 8, name
@@ -118,3 +122,16 @@ def test_make_searcher_offers_tpe_and_random_samplers():
     assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 4
     with pytest.raises(ValueError, match="sampler='cmaes' is invalid"):
         searchers.make_sampler("cmaes")
+
+
+def test_rank_agreement_measures_whether_early_epochs_rank_as_the_last(bench):
+    finals = {(1.0, 1.0): 10.0, (2.0, 1.0): 20.0, (3.0, 1.0): 30.0, (4.0, 1.0): 40.0}
+    table = bench.synthetic_table(finals, epochs=3)
+    assert [(a["epoch"], a["spearman"], a["best_rank"]) for a in bench.rank_agreement(table["points"])] == [
+        (1, pytest.approx(1.0), 1), (2, pytest.approx(1.0), 1)]
+    # Epoch 1 reversed (the best point last), epoch 2 with the best point second.
+    for point, (v1, v2) in zip(table["points"], [(4, 1), (3, 2), (2, 4), (1, 3)]):
+        point["reports"][1]["val_rsum"], point["reports"][2]["val_rsum"] = float(v1), float(v2)
+    got = bench.rank_agreement(table["points"])
+    assert got[0] == {"epoch": 1, "spearman": pytest.approx(-1.0), "best_rank": 4}
+    assert got[1]["best_rank"] == 2 and got[1]["spearman"] == pytest.approx(0.8)
