@@ -115,3 +115,19 @@ def test_scientific_notation_overrides_are_numbers():
     cfg = C.build_config(overrides=["optim.lr=2e-3", "loss.w_m2=5E-2", "run.out_dir=1e3x"])
     assert cfg.optim.lr == 0.002 and cfg.loss.w_m2 == 0.05
     assert cfg.run.out_dir == "1e3x"  # only whole numbers are converted
+
+
+def test_admits_none_knows_nullable_fields_and_follows_the_term_registry():
+    from geomix import registry
+
+    assert C.admits_none("optim.grad_clip") is True and C.admits_none("optim.lr") is False
+    assert C.admits_none("optim.no_such") is None and C.admits_none("no_such.key") is None
+    assert C.admits_none("optim.lr") is False  # the cached answer is the same
+    assert C.admits_none("mix.cos.policy") is None
+    term = registry.MixTerm("cos", "cos", "cos-Mix", lambda x, lam: None, uses_partners=False)
+    registry.register_term(term)
+    try:
+        assert C.admits_none("mix.cos.policy") is False and C.admits_none("loss.w_cos") is False
+    finally:
+        registry.unregister_term("cos")
+    assert C.admits_none("mix.cos.policy") is None

@@ -15,6 +15,7 @@ library's structured configs express without the same amount of glue.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from geomix import atomic
+from geomix import atomic, registry
 from geomix.checks import ConfigError, fail
 from geomix.config.schema import TrainConfig
 from geomix.config.sections import _Section, literal_choices
@@ -107,8 +108,16 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
 
 
 def admits_none(key: str, cls: type | None = None) -> bool | None:
-    """Whether the config field at dotted ``key`` may be null (``None``: no such field)."""
-    cls = cls or TrainConfig
+    """Whether the config field at dotted ``key`` may be null (``None``: no such field).
+
+    Cached on the key, the class and the registered terms (the per-term keys come from the open registry,
+    so a term registered or removed later is seen).
+    """
+    return _admits_none(key, cls or TrainConfig, tuple(registry.TERMS))
+
+
+@functools.cache
+def _admits_none(key: str, cls: type, terms: tuple[str, ...]) -> bool | None:
     *path, last = key.split(".")
     for part in path:
         tp, _ = _strip_optional(cls.serial_fields().get(part))  # type: ignore[attr-defined]
