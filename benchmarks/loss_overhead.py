@@ -9,7 +9,10 @@ by CLIP's; the rest is ``O(n²)`` and ``O(n·d)`` work, which the Gram path has 
 Cases: ``clip``, ``open_clip`` and the single terms ``m2``, ``v``, ``l``, ``vl`` are the one-process
 functions (the direct kernels, each term alone). ``m3`` is ``MixLoss`` with all four terms on the direct
 kernels (before), ``m3_gram`` the same on the Gram path (after, ``path='auto'``); ``m2_gram``, ``v_gram``,
-``l_gram``, ``vl_gram`` are the single-term methods (CLIP plus that term) on the Gram path.
+``l_gram``, ``vl_gram`` are the single-term methods (CLIP plus that term) on the Gram path. On the CPU the
+Gram path runs each term's ``n×n`` work in the fused kernel (``geomix/losses/native.py``); the ``*_torch``
+cases are the same losses with it off (the Gram path's torch ops), and ``clip_fused`` is CLIP alone through
+the fused kernel, the fastest CLIP here: the last column is each case against it.
 
     python benchmarks/loss_overhead.py                     # n in {128, 512, 1024}, d = 512
     python benchmarks/loss_overhead.py --sizes 1024 4096 --repeats 7
@@ -25,6 +28,7 @@ and the operators that take the most time, split by input shape: the ``n×n×d``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +38,7 @@ import torch
 
 from geomix import losses as L
 from geomix.config import LambdaConfig, LossConfig, MixConfig
-from geomix.losses import gram
+from geomix.losses import gram, native
 
 # n×n×d products per case, forward + backward (a matmul's backward needs two more).
 _MATMULS = {"clip": 3, "open_clip": 6, "m2": 6, "v": 3, "l": 3, "vl": 3, "m3": 18}
@@ -47,6 +51,9 @@ _GRAM = {
     "l_gram": {"w_l": 1.0},
     "vl_gram": {"w_vl": 1.0},
 }
+# The same with the fused kernel off (the Gram path's torch ops), and CLIP alone through the fused kernel.
+_TORCH = {name.replace("_gram", "_torch"): weights for name, weights in _GRAM.items()}
+_FUSED_CLIP = "clip_fused"
 
 
 def _gram_products(weights: dict[str, float]) -> int:
@@ -55,13 +62,18 @@ def _gram_products(weights: dict[str, float]) -> int:
     return gram.products(set().union(*(gram.needs(t, hist=False) for t in terms)), local=False)
 
 
-_MATMULS |= {name: _gram_products(weights) for name, weights in _GRAM.items()}
+_MATMULS |= {name: _gram_products(weights) for name, weights in (_GRAM | _TORCH | {_FUSED_CLIP: {}}).items()}
 
 
-def _mix_loss(weights: dict[str, float], path: str) -> Callable[..., torch.Tensor]:
+def _mix_loss(weights: dict[str, float], path: str, fused: bool = True) -> Callable[..., torch.Tensor]:
     mix = MixConfig(m2=LambdaConfig(alpha=1.0), v=LambdaConfig(alpha=0.2), l=LambdaConfig(alpha=0.2))
     loss = L.MixLoss(LossConfig(**weights), mix, path=path)
-    return lambda i, t, s: loss(i, t, s, epoch=0, step=0, total_steps=1)[0]
+
+    def call(i, t, s):
+        with contextlib.nullcontext() if fused else native.disabled():
+            return loss(i, t, s, epoch=0, step=0, total_steps=1)[0]
+
+    return call
 
 
 def _cases(n: int, device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
@@ -76,7 +88,9 @@ def _cases(n: int, device: torch.device) -> dict[str, Callable[..., torch.Tensor
         "vl": lambda i, t, s: L.vl_mix_loss(i, t, 0.5, perm, s, check=False),
         "m3": _mix_loss(_M3, "direct"),
     }
-    return cases | {name: _mix_loss(weights, "auto") for name, weights in _GRAM.items()}
+    cases |= {name: _mix_loss(weights, "auto") for name, weights in _GRAM.items()}
+    cases |= {name: _mix_loss(weights, "auto", fused=False) for name, weights in _TORCH.items()}
+    return cases | {_FUSED_CLIP: _mix_loss({}, "gram")}
 
 
 def _time_once(fn: Callable[..., torch.Tensor], img, txt, device: torch.device) -> float:
@@ -108,6 +122,7 @@ def run(
                 if rep >= warmup:
                     times[name].append(dt)
         base, base_min = statistics.median(times["clip"]), min(times["clip"])
+        fused = statistics.median(times[_FUSED_CLIP]) if _FUSED_CLIP in times else None
         for name, ts in times.items():
             med = statistics.median(ts)
             rows.append(
@@ -119,6 +134,7 @@ def run(
                     "min_ms": 1e3 * min(ts),
                     "min_ratio": min(ts) / base_min,
                     "matmuls": _MATMULS[name] / _MATMULS["clip"],
+                    "ratio_fused": None if fused is None else med / fused,
                 }
             )
     return rows
@@ -170,12 +186,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} interleaved repeats, median"
     )
     print(
-        f"{'n':>6} {'case':<10} {'median ms':>10} {'x CLIP':>7} {'min ms':>9} {'x CLIP':>7} {'matmuls x':>10}"
+        f"{'n':>6} {'case':<10} {'median ms':>10} {'x CLIP':>7} {'min ms':>9} {'x CLIP':>7} "
+        f"{'matmuls x':>10} "
+        f"{'x fused CLIP':>12}"
     )
     for r in rows:
+        fused = "" if r["ratio_fused"] is None else f"{r['ratio_fused']:>12.2f}"
         print(
             f"{r['n']:>6} {r['case']:<10} {r['median_ms']:>10.3f} {r['ratio']:>7.2f} "
-            f"{r['min_ms']:>9.3f} {r['min_ratio']:>7.2f} {r['matmuls']:>10.2f}"
+            f"{r['min_ms']:>9.3f} {r['min_ratio']:>7.2f} {r['matmuls']:>10.2f} {fused}"
         )
     for name in args.profile or ():
         profile(name, max(args.sizes), args.dim, device)

@@ -205,8 +205,15 @@ def _targets(
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One direction of :class:`_LineCE`: the mean over the lines of ``z`` along ``dim`` of
     ``-w·(wa·log_softmax[la] + (1-wa)·log_softmax[lb])`` (``lb=None``: mass ``w`` at ``la`` alone)."""
-    lines = z.shape[1 - dim]
-    mass = (w / lines) * z.new_ones(lines)
+    return _directions(z.shape[1 - dim], dim, la, lb, wa, w, dtype=z.dtype)
+
+
+def _directions(
+    lines: int, dim: int, la: torch.Tensor, lb: torch.Tensor | None = None, wa: Lam = 1.0, w: Lam = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """:func:`_targets` for ``lines`` lines along ``dim``, with no logits at hand (for the fused kernel)."""
+    mass = (w / lines) * torch.ones(lines, dtype=dtype, device=la.device)
     if lb is None:
         return dim, la.unsqueeze(0), mass.unsqueeze(0).detach()
     return dim, torch.stack([la, lb]), torch.stack([mass * wa, mass * (1.0 - wa)]).detach()

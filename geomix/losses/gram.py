@@ -20,16 +20,17 @@ step fall back to the direct kernels: they do not occur between real embeddings,
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from geomix.losses import kernels as K
+from geomix.losses import native
 from geomix.losses._common import (
     Lam,
     Scale,
+    _directions,
     _idx,
     _lam_rows,
     _line_ce,
@@ -38,6 +39,9 @@ from geomix.losses._common import (
     _share,
     _two_way_ce,
 )
+from geomix.losses.plan import needs as needs  # the plan (its own module), read through this one
+from geomix.losses.plan import plan as plan
+from geomix.losses.plan import products as products
 from geomix.sphere import geodesic_mix, geodesic_weights, linear_mix, linear_weights
 
 # A set of rows as ((coefficient, base, permuted), ...): row i is Σ coef_i · base[π(i) if permuted else i].
@@ -50,7 +54,6 @@ Observe = Callable[[], K.Observation]
 # in the norm by its square). 4 keeps both below ~1e-6; slerp reaches it at about 150° at λ = ½.
 _MAX_GAIN = 4.0
 _NORM_EPS = 1e-12
-_GRAD_BASES = ("i", "t")  # the previous step's features ("ih", "th") are detached
 # With all rows, blocks are stored with image-side rows and text-side columns (S, not Sᵀ), and each term's
 # logits are built in that orientation: a transposed view would make every n×n pass after it strided.
 _SIDE = {"i": 0, "ih": 0, "t": 1, "th": 1}
@@ -81,6 +84,19 @@ class TwoWay:
         return _two_way_ce(self.zx, rows, cols, scale=scale)
 
 
+class FusedTwoWay:
+    """:class:`TwoWay`'s :meth:`~TwoWay.both` on the fused kernel: the logits of ``x·yᵀ`` (all rows) stay
+    combinations until :meth:`Gram.fused_ce` forms them."""
+
+    def __init__(self, g: Gram, x: Combo, y: Combo) -> None:
+        self.g, self.swap = g, _SIDE[x[0][1]] > _SIDE[y[0][1]]
+        self.x, self.y = (y, x) if self.swap else (x, y)
+
+    def both(self, x_targets: tuple, y_targets: tuple, scale: Scale = 1.0) -> torch.Tensor:
+        rows, cols = (y_targets, x_targets) if self.swap else (x_targets, y_targets)
+        return self.g.fused_ce(self.x, self.y, rows, cols, scale=scale)
+
+
 class Gram:
     """One step's Gram blocks and row statistics, computed on first use and shared by every term.
 
@@ -106,6 +122,9 @@ class Gram:
         self._blocks: dict[tuple[str, ...], torch.Tensor] = {}
         self._dots: dict[tuple[str, str, bool], torch.Tensor] = {}
         self._flags: list[torch.Tensor] = []
+        # All rows, no history partners, float32 on the CPU: each term's n×n work in the fused kernel.
+        self.fused = (self.full and (part is None or part.hist is None) and x.img.dtype == torch.float32
+                      and native.available(x.img.device))
 
     def block(self, a: str, b: str, permuted: bool = False) -> torch.Tensor:
         """``a·bᵀ``: all rows (unpermuted; the caller gathers), or this worker's rows / their partners'."""
@@ -165,8 +184,10 @@ class Gram:
             out = _axpy(out, z, cx[self.r[0] : self.r[1], None] if _per_row(cx) else cx)
         return out
 
-    def two_way(self, x: Combo, y: Combo) -> TwoWay:
+    def two_way(self, x: Combo, y: Combo) -> TwoWay | FusedTwoWay:
         """The logits between ``x`` and ``y`` both ways (see :class:`TwoWay`)."""
+        if self.fused:
+            return FusedTwoWay(self, x, y)
         if not self.full:
             return TwoWay(self.logits(x, y), 1, self.logits(y, x), 1)
         if _SIDE[x[0][1]] <= _SIDE[y[0][1]]:
@@ -174,6 +195,36 @@ class Gram:
             return TwoWay(z, 1, z, 0)
         z = self.logits(y, x)
         return TwoWay(z, 0, z, 1)
+
+    def fused_ce(self, x: Combo, y: Combo, rows: tuple | None = None, cols: tuple | None = None,
+                 scale: Scale = 1.0, diag: torch.Tensor | None = None) -> torch.Tensor:
+        """``_two_way_ce(logits(x, y), rows, cols)`` (either direction may be ``None``) with ``diag`` on the
+        diagonal, in the fused kernel (:mod:`.native`): the logits are never formed as torch ops."""
+        blocks: list[torch.Tensor] = []
+        index: dict[tuple[str, str], int] = {}
+        parts = []
+        perm, inv = (None, None) if self.perm is None else (self.perm.contiguous(), self.inv.contiguous())
+        for cx, bx, px in x:
+            for cy, by, py in y:
+                if (bx, by) not in index:  # image side first, as two_way orients them: no transposed block
+                    assert _SIDE[bx] <= _SIDE[by], (bx, by)
+                    index[bx, by] = len(blocks)
+                    blocks.append(self.block(bx, by))
+                gather = (perm, inv) if py else (None, None)
+                part = native.Part(index[bx, by], perm if px else None, *gather)
+                parts.append((part, self._vector(cx), self._vector(cy)))
+        n = self.n
+        tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
+                            None if cols is None else _directions(n, 0, *cols))
+        return native.combo_ce(blocks, parts, (n, n), tg, scale=scale, diag=diag)
+
+    def _vector(self, c: Scale | None) -> torch.Tensor:
+        """A coefficient as an ``[n]`` float32 vector (``None``: ones)."""
+        if c is None:
+            return torch.ones(self.n)
+        if isinstance(c, torch.Tensor):
+            return c.float().expand(self.n) if c.ndim == 0 else c.float()
+        return torch.full((self.n,), float(c))
 
     def mixed(self, a: str, b: str, permuted: bool, lam: Lam, scale: Scale) -> tuple[Combo, Observe]:
         """``scale · mix(base a, base b at the partner rows when permuted, λ)`` as a combination, and a
@@ -271,6 +322,10 @@ def m2_term(x: K.TermInputs, lam: Lam, g: Gram) -> tuple[torch.Tensor, Observe]:
     local = torch.arange(g.r[1] - g.r[0], device=g.idx.device)
     pos = s_m * g.block("i", "t").diagonal(offset=g.r[0])  # I_i·T_i, at (row, its global column)
     # In place: both logit matrices are fresh sums (m has coefficients), which no backward keeps.
+    if g.fused:
+        a = g.fused_ce(_plain("i"), m, rows=(g.idx,), diag=pos)
+        b = g.fused_ce(m, _plain("t"), cols=(g.idx,), diag=pos)
+        return 0.5 * (a + b) * _share(g.r, g.n), lambda: (observe()[0], x.img, x.txt)
     a = g.logits(_plain("i"), m).index_put_((local, g.idx), pos)
     # With all rows B is built as Bᵀ = M·Tᵀ (image side first) and its rows are the columns.
     b = g.logits(m, _plain("t")) if g.full else g.logits(_plain("t"), m)
@@ -340,63 +395,6 @@ def shares(
     for name, kernel in terms.items():
         out[name] = TERMS[kernel](x, lams[name], g)
     return {} if g.ill_conditioned() else out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the plan: which terms take this path, by counting n×n×d products
-
-
-# The blocks each term's logits read, as "left.right" (a row-set · a column-set), left with "p" appended for
-# the partners' rows; "h" marks the previous step's features (history partners).
-_NEEDS = {
-    "clip": ("i.t", "t.i"),
-    "m2": ("i.i", "i.t", "t.i", "t.t"),
-    "v": ("i.t", "ip.t", "t.i"),
-    "l": ("t.i", "tp.i", "i.t"),
-    "vl": ("i.t", "ip.t", "t.i", "tp.i"),
-}
-_NEEDS_HIST = {
-    "v": ("i.t", "ih.t", "i.th", "ih.th", "t.i", "t.ih", "th.i", "th.ih"),
-    "l": ("t.i", "th.i", "t.ih", "th.ih", "i.t", "i.th", "ih.t", "ih.th"),
-    "vl": ("i.t", "i.th", "ih.t", "ih.th", "t.i", "t.ih", "th.i", "th.ih"),
-}
-# Products of the direct kernels, forward + backward (all rows, local rows), in units of rows×n×d.
-_DIRECT = {"m2": (6, 6), "v": (3, 6), "l": (3, 6), "vl": (3, 6)}
-_DIRECT_HIST = {**_DIRECT, "v": (11, 11), "l": (11, 11)}
-
-
-def needs(term: str, hist: bool) -> set[tuple[str, str, str]]:
-    """The blocks ``term`` reads, as :attr:`Gram.requested` records them: ``(left, right, 'r' | 'p')``."""
-    table = _NEEDS_HIST if hist and term in _NEEDS_HIST else _NEEDS
-    out = set()
-    for key in table[term]:
-        left, right = key.split(".")
-        permuted = left.endswith("p")
-        out.add((left.removesuffix("p"), right, "p" if permuted else "r"))
-    return out
-
-
-def products(blocks: set[tuple[str, str, str]], local: bool) -> int:
-    """Forward + backward products of ``blocks``: one forward, one backward per side that needs a gradient;
-    with all rows a block and its transpose are one product, and ``a·aᵀ`` takes one backward product."""
-    if local:
-        return sum(1 + (a in _GRAD_BASES) + (b in _GRAD_BASES) for a, b, _ in blocks)
-    pairs = {tuple(sorted((a, b))) for a, b, _ in blocks}
-    return sum(1 + (a in _GRAD_BASES) + (b in _GRAD_BASES and b != a) for a, b in pairs)
-
-
-def plan(terms: tuple[str, ...], local: bool, hist: bool) -> tuple[str, ...]:
-    """The subset of ``terms`` (built-in names) to compute on the Gram path: fewest products in all,
-    CLIP included, and on a tie the smaller subset (the direct kernels do less ``n×n`` work)."""
-    direct = _DIRECT_HIST if hist else _DIRECT
-    best: tuple[int, tuple[str, ...]] | None = None
-    for k in range(len(terms) + 1):
-        for subset in itertools.combinations(terms, k):
-            blocks = set().union(needs("clip", hist), *(needs(t, hist) for t in subset))
-            cost = products(blocks, local) + sum(direct[t][local] for t in terms if t not in subset)
-            if best is None or cost < best[0]:
-                best = (cost, subset)
-    return best[1]
 
 
 def name_of(kernel: Callable) -> str | None:

@@ -1,0 +1,249 @@
+"""The fused Gram kernel (``combo_ce.c``): one term's logits, cross-entropy and gradients in three passes.
+
+On the CPU the Gram path's cost beyond its products is ``n×n`` passes: forming a term's logits from the
+blocks (gathers, per-row and per-column coefficients), the log-sum-exp both ways, and the same again in the
+backward, each a separate torch op that reads and writes a whole ``n×n`` matrix. :func:`combo_ce` does a term
+in three: build its logits row by row (kept for the backward) with the row and column maxima, the two sums of
+exponentials, and one backward pass that writes every block's and coefficient's gradient. The value is
+``_LineCE``'s on the logits ``Gram.logits`` would form (``tests/test_gram.py`` holds the two to 1e-5).
+
+The C source is compiled on first use with the system C compiler (``cc``, glibc's ``libmvec`` for a
+vectorised ``expf``) into ``$GEOMIX_NATIVE_DIR`` (default ``~/.cache/geomix/native``), keyed by the source,
+the flags and the CPU's feature flags, written atomically so concurrent workers may race; it is loaded with
+:mod:`ctypes`. Where there is no compiler, the build fails, the tensors are not CPU float32, or
+``GEOMIX_NATIVE=0``, :func:`available` is false and the Gram path keeps its torch ops (the same values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("combo_ce.c")
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC",
+          "-shared"]
+_LIBS = ["-lmvec", "-lm"]
+_P = ctypes.c_void_p
+
+
+class _Part(ctypes.Structure):
+    _fields_ = [(name, _P) for name in ("block", "rho", "gam", "gam_inv", "r", "c", "dblock", "dr", "dc")]
+
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_off = 0
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build() -> ctypes.CDLL | None:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None or platform.system() != "Linux":
+        return None
+    src = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS + _LIBS).encode(), _cpu_flags().encode(),
+                                     platform.machine().encode()])).hexdigest()[:16]
+    root = Path(os.environ.get("GEOMIX_NATIVE_DIR") or Path.home() / ".cache" / "geomix" / "native")
+    out = root / f"combo_ce-{key}.so"
+    if not out.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            cmd = [cc, *_FLAGS, str(_SOURCE), "-o", tmp, *_LIBS]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                log.warning("geomix: the fused Gram kernel did not build (%s); using torch ops: %s", cc,
+                            done.stderr.strip()[:500])
+                return None
+            os.replace(tmp, out)  # another process may have won the race: same bytes
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(out))
+    lib.combo_forward.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P, ctypes.c_float,
+                                  ctypes.c_int, ctypes.c_int, _P, _P, _P, _P]
+    lib.combo_forward.restype = None
+    lib.combo_backward.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, _P, _P,
+                                   _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.combo_backward.restype = ctypes.c_double
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except OSError as err:  # an unwritable cache, a library that does not load
+            log.warning("geomix: the fused Gram kernel is unavailable (%s); using torch ops", err)
+            _lib = None
+    return _lib
+
+
+def available(device: torch.device) -> bool:
+    """Whether :func:`combo_ce` runs here: a CPU tensor, ``GEOMIX_NATIVE`` not ``0``, not inside
+    :func:`disabled`, the kernel built."""
+    if device.type != "cpu" or _off or os.environ.get("GEOMIX_NATIVE", "1") == "0":
+        return False
+    return _library() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """The Gram path on its torch ops inside this block (tests and benchmarks compare the two)."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
+@dataclass(frozen=True)
+class Part:
+    """One summand of the logits: ``r[i]·c[j]·blocks[block][ρ(i), γ(j)]`` (``ρ``/``γ`` ``None``: identity)."""
+
+    block: int
+    rho: torch.Tensor | None
+    gam: torch.Tensor | None
+    gam_inv: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The cross-entropy's targets: line weights ``w_r`` [R] / ``w_c`` [C] (``None``: that direction off) and
+    the target mass as coordinates ``(row, col, value)`` sorted by row, ``ptr`` [R+1] their row offsets."""
+
+    w_r: torch.Tensor | None
+    w_c: torch.Tensor | None
+    row: torch.Tensor
+    col: torch.Tensor
+    val: torch.Tensor
+    ptr: torch.Tensor
+
+
+def targets(shape: tuple[int, int], rows: tuple | None, cols: tuple | None) -> Targets:
+    """:class:`Targets` from ``_LineCE``'s directions (``(dim, labels [K, L], V [K, L])``, see
+    ``_common._targets``), ``rows`` the one along dim 1, ``cols`` along dim 0."""
+    n_r, n_c = shape
+    rr, cc, vv = [], [], []
+    w_r = w_c = None
+    if rows is not None:
+        _, labels, v = rows  # labels [K, R]: columns
+        w_r = v.sum(0)
+        rr.append(torch.arange(n_r).expand_as(labels).reshape(-1))
+        cc.append(labels.reshape(-1))
+        vv.append(v.reshape(-1))
+    if cols is not None:
+        _, labels, v = cols  # labels [K, C]: rows
+        w_c = v.sum(0)
+        rr.append(labels.reshape(-1))
+        cc.append(torch.arange(n_c).expand_as(labels).reshape(-1))
+        vv.append(v.reshape(-1))
+    row, col, val = torch.cat(rr), torch.cat(cc), torch.cat(vv).float()
+    order = torch.argsort(row, stable=True)
+    row, col, val = row[order].contiguous(), col[order].contiguous(), val[order].contiguous()
+    ptr = torch.zeros(n_r + 1, dtype=torch.int64)
+    ptr[1:] = torch.bincount(row, minlength=n_r).cumsum(0)
+    return Targets(w_r, w_c, row, col, val, ptr)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _structs(parts, blocks, coefs, dblocks=None, dcoefs=None) -> ctypes.Array:
+    """The kernel's ``Part`` array: pointers into tensors the caller keeps alive for the call."""
+    out = (_Part * len(parts))()
+    for j, (p, st) in enumerate(zip(parts, out)):
+        st.block, st.rho = blocks[p.block].data_ptr(), _ptr(p.rho)
+        st.gam, st.gam_inv = _ptr(p.gam), _ptr(p.gam_inv)
+        st.r, st.c = coefs[2 * j].data_ptr(), coefs[2 * j + 1].data_ptr()
+        if dblocks is not None:
+            st.dblock, st.dr, st.dc = _ptr(dblocks[p.block]), _ptr(dcoefs[2 * j]), _ptr(dcoefs[2 * j + 1])
+    return out
+
+
+class _ComboCE(torch.autograd.Function):
+    """:func:`combo_ce`: inputs ``(parts, targets, shape, scale, diag, *blocks, *coefficients)``."""
+
+    @staticmethod
+    def forward(ctx, parts, tg, shape, scale, diag, *tensors):
+        n_r, n_c = shape
+        blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
+        s = float(scale)
+        z, lse_r, lse_c, work = torch.empty(n_r, n_c), torch.empty(n_r), torch.empty(n_c), torch.empty(n_c)
+        _library().combo_forward(_structs(parts, blocks, coefs), len(parts), n_r, n_c, _ptr(diag), s,
+                                 int(tg.w_r is not None), int(tg.w_c is not None), z.data_ptr(),
+                                 lse_r.data_ptr(), lse_c.data_ptr(), work.data_ptr())
+        loss = -s * (z[tg.row, tg.col] * tg.val).sum()
+        if tg.w_r is not None:
+            loss = loss + (tg.w_r * lse_r).sum()
+        if tg.w_c is not None:
+            loss = loss + (tg.w_c * lse_c).sum()
+        ctx.parts, ctx.tg, ctx.shape, ctx.s, ctx.has_diag = parts, tg, shape, s, diag is not None
+        ctx.scale_grad = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[3]
+        ctx.save_for_backward(z, lse_r, lse_c, *tensors)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, lse_r, lse_c, *tensors = ctx.saved_tensors
+        parts, tg, (n_r, n_c), s = ctx.parts, ctx.tg, ctx.shape, ctx.s
+        blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
+        need = ctx.needs_input_grad[5:]
+        dblocks = [torch.zeros_like(b) if need[i] else None for i, b in enumerate(blocks)]
+        dcoefs = [torch.zeros_like(c) if need[len(blocks) + i] else None for i, c in enumerate(coefs)]
+        g = float(grad) * s  # dz = g·s·(softmax weights - targets)
+        a = None if tg.w_r is None else (g * tg.w_r).float().contiguous()
+        b = None if tg.w_c is None else (g * tg.w_c).float().contiguous()
+        cval = (g * tg.val).contiguous()
+        ddiag = torch.empty(n_r) if ctx.has_diag else None
+        work = torch.empty(2 * n_c)
+        zdz = _library().combo_backward(
+            _structs(parts, blocks, coefs, dblocks, dcoefs), len(parts), n_r, n_c, s, z.data_ptr(),
+            lse_r.data_ptr(), _ptr(a), lse_c.data_ptr(), _ptr(b), tg.ptr.data_ptr(), tg.col.data_ptr(),
+            cval.data_ptr(), _ptr(ddiag), work.data_ptr(),
+        )
+        ds = torch.tensor(zdz / s, dtype=torch.float32) if ctx.scale_grad else None  # Σ dz·z / s
+        return (None, None, None, ds, ddiag, *dblocks, *dcoefs)
+
+
+def combo_ce(blocks: list[torch.Tensor], parts: list[tuple[Part, torch.Tensor, torch.Tensor]],
+             shape: tuple[int, int], tg: Targets, scale: float | torch.Tensor = 1.0,
+             diag: torch.Tensor | None = None) -> torch.Tensor:
+    """``_LineCE`` on the logits ``Σ_parts r[i]·c[j]·block[ρ(i), γ(j)]`` (``diag``: the diagonal replaced).
+
+    ``blocks``: contiguous CPU float32 matrices of ``shape[1]`` columns; each part is ``(Part, r [R], c [C])``
+    with ``r``, ``c`` float32 vectors (which may require grad). Returns the summed loss (a 0-d tensor).
+    """
+    coefs = [t for _, r, c in parts for t in (r.contiguous(), c.contiguous())]
+    specs = tuple(p for p, _, _ in parts)
+    diag = None if diag is None else diag.contiguous()
+    return _ComboCE.apply(specs, tg, shape, scale, diag, *[b.contiguous() for b in blocks], *coefs)

@@ -1,0 +1,166 @@
+"""The fused Gram kernel (geomix.losses.native): the same values and gradients as the Gram path's torch ops
+and the direct kernels, on explicit combinations and through MixLoss; non-finite logits stay non-finite;
+the build is cached, and without a compiler (or switched off) the Gram path keeps its torch ops."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+
+from geomix import losses as L
+from geomix.config import LambdaConfig, LossConfig, MixConfig
+from geomix.losses import native
+from geomix.losses._common import _directions, _inverse, _two_way_ce
+
+TERMS = ("m2", "v", "l", "vl")
+RTOL = 1e-5
+MIX = dict(
+    m2=LambdaConfig(policy="progressive", sigma=0.2, n_projections=8),
+    v=LambdaConfig(policy="beta", alpha=0.5),
+    l=LambdaConfig(policy="fixed", value=0.3),
+    vl=LambdaConfig(policy="beta", alpha=1.0),
+)
+
+pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")), reason="no C compiler here")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    got, want = got.detach().double(), want.detach().double()
+    bound = RTOL * float(want.abs().max().clamp_min(1e-30))
+    err = float((got - want).abs().max())
+    assert err <= bound, f"{what}: |diff| {err:.3g} > {bound:.3g}"
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    calls = []
+    real = native.combo_ce
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native, "combo_ce", counted)
+    return calls
+
+
+def _unit(n: int, d: int, seed: int) -> torch.Tensor:
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return x / x.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("rows_on,cols_on,with_diag", [(True, True, False), (True, False, True),
+                                                       (False, True, True), (True, True, True)])
+def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, with_diag):
+    n, g = 9, torch.Generator().manual_seed(3)
+    perm = torch.randperm(n, generator=g)
+    inv = _inverse(perm)
+    blocks = [torch.randn(n, n, generator=g).requires_grad_(True) for _ in range(2)]
+    # (block, row gather, column gather): every kind of gather, two parts on the same block
+    layout = [(0, None, None), (0, perm, None), (1, None, perm), (1, perm, perm)]
+    coefs = [tuple(torch.rand(n, generator=g).requires_grad_(True) for _ in "rc") for _ in layout]
+    diag = torch.randn(n, generator=g).requires_grad_(True) if with_diag else None
+    scale = torch.tensor(3.0, requires_grad=True)
+    lam = torch.rand(n, generator=g)
+    rows = (torch.arange(n), perm, lam) if rows_on else None
+    cols = (torch.arange(n), None, 1.0, 0.7) if cols_on else None
+
+    parts = [(native.Part(b, rho, gam, None if gam is None else inv), r, c)
+             for (b, rho, gam), (r, c) in zip(layout, coefs)]
+    tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
+                        None if cols is None else _directions(n, 0, *cols))
+    got = native.combo_ce(blocks, parts, (n, n), tg, scale=scale, diag=diag)
+
+    z = 0
+    for (b, rho, gam), (r, c) in zip(layout, coefs):
+        m = blocks[b]
+        m = m if rho is None else m[rho]
+        m = m if gam is None else m[:, gam]
+        z = z + r[:, None] * c[None, :] * m
+    if diag is not None:
+        z = z.clone()
+        z[torch.arange(n), torch.arange(n)] = diag
+    if rows_on and cols_on:
+        want = _two_way_ce(z, rows, cols, scale=scale)
+    else:
+        want = L._common._line_ce(z, 1 if rows_on else 0, *(rows or cols), scale=scale)
+    _close(got, want, "value")
+    inputs = [*blocks, *[t for rc in coefs for t in rc], scale, *([diag] if with_diag else [])]
+    grads = zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs))
+    for k, (a, b) in enumerate(grads):
+        _close(a, b, f"gradient {k}")
+
+
+def test_non_finite_logits_give_what_the_torch_ops_give():
+    n = 5
+    idx = torch.arange(n)
+    for bad, finite in ((float("nan"), False), (float("inf"), False), (-float("inf"), True)):
+        block = torch.randn(n, n, generator=torch.Generator().manual_seed(1))
+        block[2, 3] = bad  # not a target: -inf there only drops out of the softmax
+        part = (native.Part(0, None, None, None), torch.ones(n), torch.ones(n))
+        tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
+        got = native.combo_ce([block], [part], (n, n), tg)
+        want = _two_way_ce(block, (idx,), (idx,))
+        assert bool(torch.isfinite(got)) == bool(torch.isfinite(want)) == finite, bad
+        if finite:
+            _close(got, want, "value")
+
+
+@pytest.mark.parametrize("partner", ["reverse", "random"])
+def test_mix_loss_on_the_fused_kernel_equals_its_torch_ops_and_the_direct_kernels(partner, fused_calls):
+    batches = [(_unit(11, 16, 2 * k), _unit(11, 16, 2 * k + 1)) for k in range(2)]
+    for subset in [s for k in range(1, 5) for s in itertools.combinations(TERMS, k)]:
+        for geometry in ("geodesic", "linear"):
+            m2_tau = 0.2 if geometry == "linear" else None
+            loss_cfg = LossConfig(m2_tau=m2_tau, **{f"w_{t}": 0.5 for t in subset})
+            mix_cfg = MixConfig(partner=partner, geometry=geometry, **MIX)
+            runs = {}
+            for path, fused in (("gram", True), ("gram", False), ("direct", False)):
+                loss, out = L.MixLoss(loss_cfg, mix_cfg, generator_seed=5, path=path), []
+                for step, (i, t) in enumerate(batches):
+                    i, t = i.clone().requires_grad_(True), t.clone().requires_grad_(True)
+                    scale = torch.tensor(7.0, requires_grad=True)
+                    before = len(fused_calls)
+                    with contextlib.nullcontext() if fused else native.disabled():
+                        total, terms = loss(i, t, scale, epoch=step, step=step, total_steps=2)
+                        total.backward()
+                    assert (len(fused_calls) > before) == fused, (path, fused)
+                    out.append({"total": total, **terms, "img": i.grad, "txt": t.grad, "scale": scale.grad})
+                runs[path, fused] = out
+            for other in (("gram", False), ("direct", False)):
+                for step, (a, b) in enumerate(zip(runs["gram", True], runs[other])):
+                    for key in b:
+                        _close(a[key], b[key], f"{subset} {geometry} {other} step {step} {key}")
+
+
+def test_the_build_is_cached_and_without_a_compiler_the_torch_ops_serve(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.available(torch.device("cpu"))
+    built = sorted(tmp_path.glob("combo_ce-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_tried", False)
+    assert native.available(torch.device("cpu")) and built[0].stat().st_mtime_ns == stamp  # reused
+
+    monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    assert not native.available(torch.device("cpu"))
+    i, t = (x.requires_grad_(True) for x in (_unit(8, 16, 0), _unit(8, 16, 1)))
+    loss_cfg = LossConfig(w_v=0.5, w_vl=0.5)
+    got = L.MixLoss(loss_cfg, MixConfig(**MIX), path="gram")(i, t, 7.0, epoch=0, step=0, total_steps=1)[0]
+    want = L.MixLoss(loss_cfg, MixConfig(**MIX), path="direct")(i, t, 7.0, epoch=0, step=0, total_steps=1)[0]
+    _close(got, want, "fallback")
+
+    monkeypatch.delenv("CC")
+    monkeypatch.setattr(native, "_tried", False)
+    assert native.available(torch.device("cpu"))
+    monkeypatch.setenv("GEOMIX_NATIVE", "0")
+    assert not native.available(torch.device("cpu"))
+    assert not native.available(torch.device("meta"))
