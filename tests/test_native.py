@@ -52,9 +52,12 @@ def _unit(n: int, d: int, seed: int) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("rows_on,cols_on,with_diag", [(True, True, False), (True, False, True),
                                                        (False, True, True), (True, True, True)])
-def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, with_diag):
+def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, with_diag, threads,
+                                                             monkeypatch):
+    monkeypatch.setattr(native, "_threads", lambda rows: threads)  # 9 rows: 5 + 4, 3 + 3 + 3 + 0
     n, g = 9, torch.Generator().manual_seed(3)
     perm = torch.randperm(n, generator=g)
     inv = _inverse(perm)
@@ -68,7 +71,7 @@ def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, w
     rows = (torch.arange(n), perm, lam) if rows_on else None
     cols = (torch.arange(n), None, 1.0, 0.7) if cols_on else None
 
-    parts = [(native.Part(b, rho, gam, None if gam is None else inv), r, c)
+    parts = [(native.Part(b, rho, None if rho is None else inv, gam, None if gam is None else inv), r, c)
              for (b, rho, gam), (r, c) in zip(layout, coefs)]
     tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
                         None if cols is None else _directions(n, 0, *cols))
@@ -100,7 +103,7 @@ def test_non_finite_logits_give_what_the_torch_ops_give():
     for bad, finite in ((float("nan"), False), (float("inf"), False), (-float("inf"), True)):
         block = torch.randn(n, n, generator=torch.Generator().manual_seed(1))
         block[2, 3] = bad  # not a target: -inf there only drops out of the softmax
-        part = (native.Part(0, None, None, None), torch.ones(n), torch.ones(n))
+        part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
         tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
         got = native.combo_ce([block], [part], (n, n), tg)
         want = _two_way_ce(block, (idx,), (idx,))
@@ -110,7 +113,9 @@ def test_non_finite_logits_give_what_the_torch_ops_give():
 
 
 @pytest.mark.parametrize("partner", ["reverse", "random"])
-def test_mix_loss_on_the_fused_kernel_equals_its_torch_ops_and_the_direct_kernels(partner, fused_calls):
+def test_mix_loss_on_the_fused_kernel_equals_its_torch_ops_and_the_direct_kernels(partner, fused_calls,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(native, "_threads", lambda rows: 2)
     batches = [(_unit(11, 16, 2 * k), _unit(11, 16, 2 * k + 1)) for k in range(2)]
     for subset in [s for k in range(1, 5) for s in itertools.combinations(TERMS, k)]:
         for geometry in ("geodesic", "linear"):
@@ -164,3 +169,14 @@ def test_the_build_is_cached_and_without_a_compiler_the_torch_ops_serve(tmp_path
     monkeypatch.setenv("GEOMIX_NATIVE", "0")
     assert not native.available(torch.device("cpu"))
     assert not native.available(torch.device("meta"))
+
+
+def test_a_second_backward_through_the_same_graph_is_refused():
+    n = 6
+    block = torch.randn(n, n).requires_grad_(True)
+    part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
+    tg = native.targets((n, n), _directions(n, 1, torch.arange(n)), None)
+    loss = native.combo_ce([block], [part], (n, n), tg)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="GEOMIX_NATIVE=0"):
+        loss.backward()

@@ -1,46 +1,92 @@
 /* The Gram path's n x n work for one loss term, fused: build its logits from Gram blocks, take the soft-target
- * cross-entropy along rows and/or columns, and write the gradients of the blocks and coefficients in one pass.
+ * cross-entropy along rows and/or columns, and write the gradients of the blocks and coefficients.
  * Built and loaded by geomix/losses/native.py (docs/losses.md, "The fused Gram kernel").
  *
  *   z[i, j] = sum_k r_k[i] * c_k[j] * B_k[rho_k(i), gam_k(j)]    (then z[i, i] = diag[i] when diag is given)
  *
- * Forward: pass 1 builds z (kept for the backward) and the row and column maxima, pass 2 the two sums of
- * exponentials; lse_r[i] = logsumexp_j(s z[i, j]), lse_c[j] = logsumexp_i(s z[i, j]). Backward, one pass per
- * row: dz = a_i exp(s z - lse_r_i) + b_j exp(s z - lse_c_j) - (the targets, as sparse row corrections), then
- * every part's block gradient (scattered to the gathered rows and columns) and coefficient gradients.
- * float32 storage, as the loss's contract; the dot-product reductions accumulate in float32 per row like
- * torch's own. No OpenMP threads: one call runs on the calling thread (torch keeps its own pool for the
- * products), vectorised with glibc's libmvec expf. */
+ * Forward: pass 1 builds z (kept for the backward) with the row and column maxima, pass 2 the two sums of
+ * exponentials: lse_r[i] = logsumexp_j(s z[i, j]), lse_c[j] = logsumexp_i(s z[i, j]). Backward: pass 1
+ * overwrites z with dz = a_i exp(s z - lse_r_i) + b_j exp(s z - lse_c_j) - (the targets, sparse corrections
+ * per row); pass 2 goes over the blocks' rows m and adds every part's share, reading dz at the row that
+ * gathers m (rho_inv), so each thread owns the block rows it writes. Rows are split over `threads` POSIX
+ * threads (torch's own pool is idle meanwhile); column sums go to per-thread buffers, then are summed.
+ * float32 storage and per-row float32 sums, as torch's ops; vectorised with glibc's libmvec expf. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma omp declare simd notinbranch
 extern float expf(float);
 
 typedef struct {
-    const float *block;      /* [rows, C] row-major */
-    const int64_t *rho;      /* row gather (length R) or NULL */
-    const int64_t *gam;      /* column gather (length C) or NULL */
-    const int64_t *gam_inv;  /* its inverse (gam is a permutation) or NULL */
+    const float *block;      /* [R, C] row-major */
+    const int64_t *rho;      /* row gather or NULL */
+    const int64_t *rho_inv;  /* its inverse or NULL */
+    const int64_t *gam;      /* column gather or NULL */
+    const int64_t *gam_inv;  /* its inverse or NULL */
     const float *r;          /* [R] */
     const float *c;          /* [C] */
-    float *dblock;           /* [rows, C], accumulated into, or NULL */
+    float *dblock;           /* [R, C] or NULL: written by the block's first part, added to by the others */
     float *dr;               /* [R], written, or NULL */
-    float *dc;               /* [C], accumulated into, or NULL */
+    float *dc;               /* [C], written, or NULL */
+    int64_t first;           /* this part is the first on its block (it writes dblock rather than adds) */
 } Part;
+
+typedef struct {
+    const Part *parts;
+    int64_t K, R, C, T;
+    const float *diag;
+    float s;
+    int rows_on, cols_on;
+    float *z, *lse_r, *lse_c;
+    float *col_t;          /* [T, C]: per-thread column maxima, then sums */
+    const float *cmax;     /* [C]: the column maxima, after the first pass */
+    const float *a, *b;    /* backward: g s w_r [R] and g s w_c [C], either NULL */
+    const int64_t *cptr, *ccol;
+    const float *cval;
+    float *ddiag;
+    double *zdz_t;         /* [T] */
+    float *dc_t;           /* [T, K, C] */
+} Job;
+
+typedef struct {
+    Job *job;
+    int64_t t, lo, hi;
+} Task;
 
 static inline float maxf(float a, float b) { return a > b ? a : b; }
 
-void combo_forward(const Part *parts, int64_t K, int64_t R, int64_t C, const float *diag, float s,
-                   int rows_on, int cols_on, float *z, float *lse_r, float *lse_c, float *csum) {
-    float *cmax = lse_c;
-    for (int64_t j = 0; j < C; j++) { cmax[j] = -INFINITY; csum[j] = 0.f; }
-    for (int64_t i = 0; i < R; i++) {
-        float *zi = z + i * C;
+static void run(Job *job, void *(*fn)(void *)) {
+    int64_t T = job->T, chunk = (job->R + T - 1) / T;
+    pthread_t th[64];
+    Task tasks[64];
+    for (int64_t t = 0; t < T; t++) {
+        tasks[t].job = job;
+        tasks[t].t = t;
+        tasks[t].lo = t * chunk < job->R ? t * chunk : job->R;
+        tasks[t].hi = (t + 1) * chunk < job->R ? (t + 1) * chunk : job->R;
+    }
+    int64_t started = 1;
+    for (int64_t t = 1; t < T; t++, started++)
+        if (pthread_create(&th[t], NULL, fn, &tasks[t]) != 0) break;
+    for (int64_t t = started; t < T; t++) fn(&tasks[t]);  /* a thread that did not start: run it here */
+    fn(&tasks[0]);
+    for (int64_t t = 1; t < started; t++) pthread_join(th[t], NULL);
+}
+
+static void *build_rows(void *arg) {
+    Task *task = arg;
+    const Job *J = task->job;
+    const int64_t C = J->C;
+    float *cmax = J->col_t + task->t * C;
+    for (int64_t j = 0; j < C; j++) cmax[j] = -INFINITY;
+    for (int64_t i = task->lo; i < task->hi; i++) {
+        float *zi = J->z + i * C;
         memset(zi, 0, (size_t)C * sizeof(float));
-        for (int64_t k = 0; k < K; k++) {
-            const Part *p = parts + k;
+        for (int64_t k = 0; k < J->K; k++) {
+            const Part *p = J->parts + k;
             const float *b = p->block + (p->rho ? p->rho[i] : i) * C;
             const float rk = p->r[i], *ck = p->c;
             if (p->gam) {
@@ -52,117 +98,192 @@ void combo_forward(const Part *parts, int64_t K, int64_t R, int64_t C, const flo
                 for (int64_t j = 0; j < C; j++) zi[j] += rk * ck[j] * b[j];
             }
         }
-        if (diag) zi[i] = diag[i];
+        if (J->diag) zi[i] = J->diag[i];
         float m = zi[0];
         #pragma omp simd reduction(max:m)
         for (int64_t j = 0; j < C; j++) m = maxf(m, zi[j]);
-        lse_r[i] = m;
-        if (cols_on) {
+        J->lse_r[i] = m;
+        if (J->cols_on) {
             #pragma omp simd
             for (int64_t j = 0; j < C; j++) cmax[j] = maxf(cmax[j], zi[j]);
         }
     }
-    /* s > 0, so the max of s z is s times the max of z. A NaN or Inf in z reaches the sums (exp(nan) and
-     * exp(inf - inf) are NaN), so a non-finite logit always gives a non-finite loss. */
-    for (int64_t i = 0; i < R; i++) {
-        const float *zi = z + i * C;
-        const float sm = s * lse_r[i];
+    return NULL;
+}
+
+/* s > 0, so the max of s z is s times the max of z. A NaN or +Inf in z reaches the sums (exp(nan) and
+ * exp(inf - inf) are NaN), so such a logit gives a non-finite loss, as torch's log-sum-exp does. */
+static void *sum_rows(void *arg) {
+    Task *task = arg;
+    const Job *J = task->job;
+    const int64_t C = J->C;
+    const float s = J->s, *cmax = J->cmax;
+    float *csum = J->col_t + task->t * C;
+    for (int64_t j = 0; j < C; j++) csum[j] = 0.f;
+    for (int64_t i = task->lo; i < task->hi; i++) {
+        const float *zi = J->z + i * C;
+        const float sm = s * J->lse_r[i];
         float acc = 0.f;
-        if (rows_on && cols_on) {
+        if (J->rows_on && J->cols_on) {
             #pragma omp simd reduction(+:acc)
             for (int64_t j = 0; j < C; j++) {
                 const float t = s * zi[j];
                 acc += expf(t - sm);
                 csum[j] += expf(t - s * cmax[j]);
             }
-        } else if (rows_on) {
+        } else if (J->rows_on) {
             #pragma omp simd reduction(+:acc)
             for (int64_t j = 0; j < C; j++) acc += expf(s * zi[j] - sm);
         } else {
             #pragma omp simd
             for (int64_t j = 0; j < C; j++) csum[j] += expf(s * zi[j] - s * cmax[j]);
         }
-        lse_r[i] = sm + logf(acc);
+        J->lse_r[i] = sm + logf(acc);
     }
-    for (int64_t j = 0; j < C; j++) lse_c[j] = s * cmax[j] + logf(csum[j]);
+    return NULL;
 }
 
-/* a: [R] (g s w_r) or NULL; b: [C] (g s w_c) or NULL; corrections: row i subtracts cval[p] at column ccol[p]
- * for p in cptr[i] .. cptr[i+1]. ddiag (when diag was given): [R], written. Returns sum(dz * z). */
-double combo_backward(const Part *parts, int64_t K, int64_t R, int64_t C, float s, const float *z,
-                      const float *lse_r, const float *a, const float *lse_c, const float *b,
-                      const int64_t *cptr, const int64_t *ccol, const float *cval, float *ddiag,
-                      float *work) {
-    float *dz = work;            /* [C]: this row's dz */
-    float *tmp = work + C;       /* [C]: a part's row contribution, before its column scatter */
+void combo_forward(const Part *parts, int64_t K, int64_t R, int64_t C, const float *diag, float s,
+                   int rows_on, int cols_on, float *z, float *lse_r, float *lse_c, int64_t threads) {
+    int64_t T = threads < 1 ? 1 : (threads > 64 ? 64 : threads);
+    float *col_t = malloc((size_t)(T * C) * sizeof(float));
+    Job J = {.parts = parts, .K = K, .R = R, .C = C, .T = T, .diag = diag, .s = s, .rows_on = rows_on,
+             .cols_on = cols_on, .z = z, .lse_r = lse_r, .lse_c = lse_c, .col_t = col_t, .cmax = lse_c};
+    run(&J, build_rows);
+    for (int64_t j = 0; j < C; j++) {
+        float m = col_t[j];
+        for (int64_t t = 1; t < T; t++) m = maxf(m, col_t[t * C + j]);
+        lse_c[j] = m;  /* the column maxima, until the sums are in */
+    }
+    run(&J, sum_rows);
+    for (int64_t j = 0; j < C; j++) {
+        float acc = 0.f;
+        for (int64_t t = 0; t < T; t++) acc += col_t[t * C + j];
+        lse_c[j] = s * lse_c[j] + logf(acc);
+    }
+    free(col_t);
+}
+
+static void *grad_rows(void *arg) {
+    Task *task = arg;
+    const Job *J = task->job;
+    const int64_t C = J->C;
+    const float s = J->s, *a = J->a, *b = J->b, *lse_c = J->lse_c;
     double zdz = 0.0;
-    for (int64_t i = 0; i < R; i++) {
-        const float *zi = z + i * C;
+    for (int64_t i = task->lo; i < task->hi; i++) {
+        float *zi = J->z + i * C;  /* z in, dz out */
+        float acc = 0.f;
+        for (int64_t q = J->cptr[i]; q < J->cptr[i + 1]; q++) acc -= J->cval[q] * zi[J->ccol[q]];
+        const float ai = a ? a[i] : 0.f, li = J->lse_r[i];
         if (a && b) {
-            const float ai = a[i], li = lse_r[i];
-            #pragma omp simd
+            #pragma omp simd reduction(+:acc)
             for (int64_t j = 0; j < C; j++) {
-                const float t = s * zi[j];
-                dz[j] = ai * expf(t - li) + b[j] * expf(t - lse_c[j]);
+                const float t = s * zi[j], d = ai * expf(t - li) + b[j] * expf(t - lse_c[j]);
+                acc += d * zi[j];
+                zi[j] = d;
             }
         } else if (a) {
-            const float ai = a[i], li = lse_r[i];
-            #pragma omp simd
-            for (int64_t j = 0; j < C; j++) dz[j] = ai * expf(s * zi[j] - li);
+            #pragma omp simd reduction(+:acc)
+            for (int64_t j = 0; j < C; j++) {
+                const float d = ai * expf(s * zi[j] - li);
+                acc += d * zi[j];
+                zi[j] = d;
+            }
         } else {
-            #pragma omp simd
-            for (int64_t j = 0; j < C; j++) dz[j] = b[j] * expf(s * zi[j] - lse_c[j]);
-        }
-        for (int64_t q = cptr[i]; q < cptr[i + 1]; q++) dz[ccol[q]] -= cval[q];
-        float acc = 0.f;
-        #pragma omp simd reduction(+:acc)
-        for (int64_t j = 0; j < C; j++) acc += dz[j] * zi[j];
-        zdz += acc;
-        if (ddiag) { ddiag[i] = dz[i]; dz[i] = 0.f; }
-        for (int64_t k = 0; k < K; k++) {
-            const Part *p = parts + k;
-            const int64_t row = p->rho ? p->rho[i] : i;
-            const float *bi = p->block + row * C;
-            const float rk = p->r[i], *ck = p->c;
-            if (p->gam) {
-                const int64_t *g = p->gam, *gi = p->gam_inv;
-                if (p->dr) {
-                    float t = 0.f;
-                    #pragma omp simd reduction(+:t)
-                    for (int64_t j = 0; j < C; j++) t += ck[j] * bi[g[j]] * dz[j];
-                    p->dr[i] = t;
-                }
-                if (p->dc) {
-                    float *dc = p->dc;
-                    #pragma omp simd
-                    for (int64_t j = 0; j < C; j++) dc[j] += rk * bi[g[j]] * dz[j];
-                }
-                if (p->dblock) {  /* d B[row, g[j]] += rk c[j] dz[j], i.e. at column m, j = g_inv[m] */
-                    float *db = p->dblock + row * C;
-                    #pragma omp simd
-                    for (int64_t j = 0; j < C; j++) tmp[j] = rk * ck[j] * dz[j];
-                    #pragma omp simd
-                    for (int64_t m = 0; m < C; m++) db[m] += tmp[gi[m]];
-                }
-            } else {
-                if (p->dr) {
-                    float t = 0.f;
-                    #pragma omp simd reduction(+:t)
-                    for (int64_t j = 0; j < C; j++) t += ck[j] * bi[j] * dz[j];
-                    p->dr[i] = t;
-                }
-                if (p->dc) {
-                    float *dc = p->dc;
-                    #pragma omp simd
-                    for (int64_t j = 0; j < C; j++) dc[j] += rk * bi[j] * dz[j];
-                }
-                if (p->dblock) {
-                    float *db = p->dblock + row * C;
-                    #pragma omp simd
-                    for (int64_t j = 0; j < C; j++) db[j] += rk * ck[j] * dz[j];
-                }
+            #pragma omp simd reduction(+:acc)
+            for (int64_t j = 0; j < C; j++) {
+                const float d = b[j] * expf(s * zi[j] - lse_c[j]);
+                acc += d * zi[j];
+                zi[j] = d;
             }
         }
+        for (int64_t q = J->cptr[i]; q < J->cptr[i + 1]; q++) zi[J->ccol[q]] -= J->cval[q];
+        zdz += acc;
+        if (J->ddiag) { J->ddiag[i] = zi[i]; zi[i] = 0.f; }
     }
+    J->zdz_t[task->t] = zdz;
+    return NULL;
+}
+
+/* Block row m of part p, gathered by row i of z: its dr[i], its share of dc, and dB[m, :] (written by the
+ * block's first part, added by the rest). One pass over the row; a column gather adds a scatter pass. */
+static void *grad_blocks(void *arg) {
+    Task *task = arg;
+    const Job *J = task->job;
+    const int64_t C = J->C;
+    float tmp[C], sink[C];  /* a gathered part's row before its scatter; where an unwanted output goes */
+    for (int64_t k = 0; k < J->K; k++) {
+        const Part *p = J->parts + k;
+        float *dc = p->dc ? J->dc_t + (task->t * J->K + k) * C : sink;
+        if (p->dc) memset(dc, 0, (size_t)C * sizeof(float));
+        const int write = p->first || !p->dblock;
+        for (int64_t m = task->lo; m < task->hi; m++) {
+            const int64_t i = p->rho_inv ? p->rho_inv[m] : m;
+            const float *dz = J->z + i * C, *bm = p->block + m * C, *ck = p->c;
+            const float rk = p->r[i];
+            const int64_t *g = p->gam, *gi = p->gam_inv;
+            float *db = p->dblock ? p->dblock + m * C : sink;
+            float t = 0.f;
+            if (g) {
+                #pragma omp simd reduction(+:t)
+                for (int64_t j = 0; j < C; j++) {
+                    const float v = dz[j] * bm[g[j]];
+                    t += ck[j] * v;
+                    dc[j] += rk * v;
+                    tmp[j] = rk * ck[j] * dz[j];
+                }
+                if (write) {  /* dB[m, g[j]] += tmp[j]: at column u, j = g_inv[u] */
+                    #pragma omp simd
+                    for (int64_t u = 0; u < C; u++) db[u] = tmp[gi[u]];
+                } else {
+                    #pragma omp simd
+                    for (int64_t u = 0; u < C; u++) db[u] += tmp[gi[u]];
+                }
+            } else if (write) {
+                #pragma omp simd reduction(+:t)
+                for (int64_t j = 0; j < C; j++) {
+                    const float v = dz[j] * bm[j];
+                    t += ck[j] * v;
+                    dc[j] += rk * v;
+                    db[j] = rk * ck[j] * dz[j];
+                }
+            } else {
+                #pragma omp simd reduction(+:t)
+                for (int64_t j = 0; j < C; j++) {
+                    const float v = dz[j] * bm[j];
+                    t += ck[j] * v;
+                    dc[j] += rk * v;
+                    db[j] += rk * ck[j] * dz[j];
+                }
+            }
+            if (p->dr) p->dr[i] = t;
+        }
+    }
+    return NULL;
+}
+
+/* z: the forward's logits, overwritten with dz. Returns sum(dz * z) (the scale's gradient times s). */
+double combo_backward(const Part *parts, int64_t K, int64_t R, int64_t C, float s, float *z, const float *lse_r,
+                      const float *a, const float *lse_c, const float *b, const int64_t *cptr,
+                      const int64_t *ccol, const float *cval, float *ddiag, int64_t threads) {
+    int64_t T = threads < 1 ? 1 : (threads > 64 ? 64 : threads);
+    double zdz_t[64];
+    float *dc_t = malloc((size_t)(T * K * C) * sizeof(float));
+    Job J = {.parts = parts, .K = K, .R = R, .C = C, .T = T, .s = s, .z = z, .lse_r = (float *)lse_r,
+             .lse_c = (float *)lse_c, .a = a, .b = b, .cptr = cptr, .ccol = ccol, .cval = cval, .ddiag = ddiag,
+             .zdz_t = zdz_t, .dc_t = dc_t};
+    run(&J, grad_rows);
+    run(&J, grad_blocks);
+    for (int64_t k = 0; k < K; k++) {
+        if (!parts[k].dc) continue;
+        for (int64_t j = 0; j < C; j++) {
+            float acc = 0.f;
+            for (int64_t t = 0; t < T; t++) acc += dc_t[(t * K + k) * C + j];
+            parts[k].dc[j] = acc;
+        }
+    }
+    free(dc_t);
+    double zdz = 0.0;
+    for (int64_t t = 0; t < T; t++) zdz += zdz_t[t];
     return zdz;
 }

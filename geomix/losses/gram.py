@@ -210,8 +210,9 @@ class Gram:
                     assert _SIDE[bx] <= _SIDE[by], (bx, by)
                     index[bx, by] = len(blocks)
                     blocks.append(self.block(bx, by))
-                gather = (perm, inv) if py else (None, None)
-                part = native.Part(index[bx, by], perm if px else None, *gather)
+                rows_at = (perm, inv) if px else (None, None)
+                cols_at = (perm, inv) if py else (None, None)
+                part = native.Part(index[bx, by], *rows_at, *cols_at)
                 parts.append((part, self._vector(cx), self._vector(cy)))
         n = self.n
         tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),

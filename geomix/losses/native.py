@@ -35,13 +35,16 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("combo_ce.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC",
-          "-shared"]
+          "-pthread", "-shared"]
 _LIBS = ["-lmvec", "-lm"]
+# Rows per thread below which a call uses fewer threads (a thread's start costs about as much as 64 rows).
+ROWS_PER_THREAD = 64
 _P = ctypes.c_void_p
 
 
 class _Part(ctypes.Structure):
-    _fields_ = [(name, _P) for name in ("block", "rho", "gam", "gam_inv", "r", "c", "dblock", "dr", "dc")]
+    _names = ("block", "rho", "rho_inv", "gam", "gam_inv", "r", "c", "dblock", "dr", "dc")
+    _fields_ = [*((name, _P) for name in _names), ("first", ctypes.c_int64)]
 
 
 _lib: ctypes.CDLL | None = None
@@ -84,11 +87,11 @@ def _build() -> ctypes.CDLL | None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(out))
-    lib.combo_forward.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P, ctypes.c_float,
-                                  ctypes.c_int, ctypes.c_int, _P, _P, _P, _P]
+    i64 = ctypes.c_int64
+    f32, i32 = ctypes.c_float, ctypes.c_int
+    lib.combo_forward.argtypes = [_P, i64, i64, i64, _P, f32, i32, i32, _P, _P, _P, i64]
     lib.combo_forward.restype = None
-    lib.combo_backward.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, _P, _P,
-                                   _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.combo_backward.argtypes = [_P, i64, i64, i64, f32, _P, _P, _P, _P, _P, _P, _P, _P, _P, i64]
     lib.combo_backward.restype = ctypes.c_double
     return lib
 
@@ -126,10 +129,12 @@ def disabled() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Part:
-    """One summand of the logits: ``r[i]·c[j]·blocks[block][ρ(i), γ(j)]`` (``ρ``/``γ`` ``None``: identity)."""
+    """One summand of the logits: ``r[i]·c[j]·blocks[block][ρ(i), γ(j)]`` (``ρ``/``γ`` ``None``: identity;
+    both are permutations, given with their inverses)."""
 
     block: int
     rho: torch.Tensor | None
+    rho_inv: torch.Tensor | None
     gam: torch.Tensor | None
     gam_inv: torch.Tensor | None
 
@@ -173,6 +178,28 @@ def targets(shape: tuple[int, int], rows: tuple | None, cols: tuple | None) -> T
     return Targets(w_r, w_c, row, col, val, ptr)
 
 
+# Logit buffers whose backward has run, kept for the next call of their shape: a fresh n×n buffer costs
+# first-touch page faults, a reused one none.
+_POOL: dict[tuple[int, int], list[torch.Tensor]] = {}
+POOL_BYTES = 256 << 20
+
+
+def _take(shape: tuple[int, int]) -> torch.Tensor:
+    free = _POOL.get(shape)
+    return free.pop() if free else torch.empty(shape)
+
+
+def _give(z: torch.Tensor) -> None:
+    held = sum(t.numel() * 4 for free in _POOL.values() for t in free)
+    if held + z.numel() * 4 <= POOL_BYTES:
+        _POOL.setdefault(tuple(z.shape), []).append(z)
+
+
+def _threads(rows: int) -> int:
+    """Threads for one call: torch's count, fewer for a small matrix."""
+    return max(1, min(torch.get_num_threads(), rows // ROWS_PER_THREAD))
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -180,9 +207,11 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _structs(parts, blocks, coefs, dblocks=None, dcoefs=None) -> ctypes.Array:
     """The kernel's ``Part`` array: pointers into tensors the caller keeps alive for the call."""
     out = (_Part * len(parts))()
+    seen = set()
     for j, (p, st) in enumerate(zip(parts, out)):
-        st.block, st.rho = blocks[p.block].data_ptr(), _ptr(p.rho)
+        st.block, st.rho, st.rho_inv = blocks[p.block].data_ptr(), _ptr(p.rho), _ptr(p.rho_inv)
         st.gam, st.gam_inv = _ptr(p.gam), _ptr(p.gam_inv)
+        st.first, _ = p.block not in seen, seen.add(p.block)
         st.r, st.c = coefs[2 * j].data_ptr(), coefs[2 * j + 1].data_ptr()
         if dblocks is not None:
             st.dblock, st.dr, st.dc = _ptr(dblocks[p.block]), _ptr(dcoefs[2 * j]), _ptr(dcoefs[2 * j + 1])
@@ -197,10 +226,10 @@ class _ComboCE(torch.autograd.Function):
         n_r, n_c = shape
         blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
         s = float(scale)
-        z, lse_r, lse_c, work = torch.empty(n_r, n_c), torch.empty(n_r), torch.empty(n_c), torch.empty(n_c)
+        z, lse_r, lse_c = _take((n_r, n_c)), torch.empty(n_r), torch.empty(n_c)
         _library().combo_forward(_structs(parts, blocks, coefs), len(parts), n_r, n_c, _ptr(diag), s,
                                  int(tg.w_r is not None), int(tg.w_c is not None), z.data_ptr(),
-                                 lse_r.data_ptr(), lse_c.data_ptr(), work.data_ptr())
+                                 lse_r.data_ptr(), lse_c.data_ptr(), _threads(n_r))
         loss = -s * (z[tg.row, tg.col] * tg.val).sum()
         if tg.w_r is not None:
             loss = loss + (tg.w_r * lse_r).sum()
@@ -208,29 +237,35 @@ class _ComboCE(torch.autograd.Function):
             loss = loss + (tg.w_c * lse_c).sum()
         ctx.parts, ctx.tg, ctx.shape, ctx.s, ctx.has_diag = parts, tg, shape, s, diag is not None
         ctx.scale_grad = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[3]
+        ctx.spent = False
         ctx.save_for_backward(z, lse_r, lse_c, *tensors)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        if ctx.spent:
+            raise RuntimeError("the fused Gram kernel's backward runs once (it overwrites its saved logits); "
+                               "for retain_graph=True, set GEOMIX_NATIVE=0")
+        ctx.spent = True
         z, lse_r, lse_c, *tensors = ctx.saved_tensors
         parts, tg, (n_r, n_c), s = ctx.parts, ctx.tg, ctx.shape, ctx.s
         blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
         need = ctx.needs_input_grad[5:]
-        dblocks = [torch.zeros_like(b) if need[i] else None for i, b in enumerate(blocks)]
-        dcoefs = [torch.zeros_like(c) if need[len(blocks) + i] else None for i, c in enumerate(coefs)]
+        # Every entry is written by the kernel (the first part on a block writes its rows, the rest add).
+        dblocks = [torch.empty_like(b) if need[i] else None for i, b in enumerate(blocks)]
+        dcoefs = [torch.empty_like(c) if need[len(blocks) + i] else None for i, c in enumerate(coefs)]
         g = float(grad) * s  # dz = g·s·(softmax weights - targets)
         a = None if tg.w_r is None else (g * tg.w_r).float().contiguous()
         b = None if tg.w_c is None else (g * tg.w_c).float().contiguous()
         cval = (g * tg.val).contiguous()
         ddiag = torch.empty(n_r) if ctx.has_diag else None
-        work = torch.empty(2 * n_c)
         zdz = _library().combo_backward(
             _structs(parts, blocks, coefs, dblocks, dcoefs), len(parts), n_r, n_c, s, z.data_ptr(),
             lse_r.data_ptr(), _ptr(a), lse_c.data_ptr(), _ptr(b), tg.ptr.data_ptr(), tg.col.data_ptr(),
-            cval.data_ptr(), _ptr(ddiag), work.data_ptr(),
+            cval.data_ptr(), _ptr(ddiag), _threads(n_r),
         )
+        _give(z)  # spent: nothing reads it again (a second backward is refused above)
         ds = torch.tensor(zdz / s, dtype=torch.float32) if ctx.scale_grad else None  # Σ dz·z / s
         return (None, None, None, ds, ddiag, *dblocks, *dcoefs)
 
