@@ -180,3 +180,12 @@ def test_a_second_backward_through_the_same_graph_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="GEOMIX_NATIVE=0"):
         loss.backward()
+
+
+def test_threads_default_to_one_and_follow_the_setting(monkeypatch):
+    assert native._threads(4096) == 1
+    monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "4")
+    assert native._threads(4096) == 4 and native._threads(3 * native.ROWS_PER_THREAD) == 3
+    assert native._threads(10) == 1
+    monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "0")
+    assert native._threads(1 << 20) == torch.get_num_threads()

@@ -196,8 +196,12 @@ def _give(z: torch.Tensor) -> None:
 
 
 def _threads(rows: int) -> int:
-    """Threads for one call: torch's count, fewer for a small matrix."""
-    return max(1, min(torch.get_num_threads(), rows // ROWS_PER_THREAD))
+    """Threads for one call: ``GEOMIX_NATIVE_THREADS`` (default 1, ``0``: torch's count), fewer for a small
+    matrix. One by default: torch's OpenMP workers spin for a while after each parallel op, and on the
+    2-core machine this was measured on, the kernel's own threads beside them made m³-Mix at n = 256 twice
+    as slow, and no faster at n = 1024 (docs/losses.md, *The fused Gram kernel*)."""
+    want = int(os.environ.get("GEOMIX_NATIVE_THREADS", "1")) or torch.get_num_threads()
+    return max(1, min(want, rows // ROWS_PER_THREAD))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
