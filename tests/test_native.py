@@ -75,7 +75,7 @@ def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, w
              for (b, rho, gam), (r, c) in zip(layout, coefs)]
     tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
                         None if cols is None else _directions(n, 0, *cols))
-    got = native.combo_ce(blocks, parts, (n, n), tg, scale=scale, diag=diag)
+    got = native.combo_ce([native.Collector(b) for b in blocks], parts, (n, n), tg, scale=scale, diag=diag)
 
     z = 0
     for (b, rho, gam), (r, c) in zip(layout, coefs):
@@ -105,7 +105,7 @@ def test_non_finite_logits_give_what_the_torch_ops_give():
         block[2, 3] = bad  # not a target: -inf there only drops out of the softmax
         part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
         tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
-        got = native.combo_ce([block], [part], (n, n), tg)
+        got = native.combo_ce([native.Collector(block)], [part], (n, n), tg)
         want = _two_way_ce(block, (idx,), (idx,))
         assert bool(torch.isfinite(got)) == bool(torch.isfinite(want)) == finite, bad
         if finite:
@@ -176,7 +176,7 @@ def test_a_second_backward_through_the_same_graph_is_refused():
     block = torch.randn(n, n).requires_grad_(True)
     part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
     tg = native.targets((n, n), _directions(n, 1, torch.arange(n)), None)
-    loss = native.combo_ce([block], [part], (n, n), tg)
+    loss = native.combo_ce([native.Collector(block)], [part], (n, n), tg)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="GEOMIX_NATIVE=0"):
         loss.backward()
@@ -189,3 +189,34 @@ def test_threads_default_to_one_and_follow_the_setting(monkeypatch):
     assert native._threads(10) == 1
     monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "0")
     assert native._threads(1 << 20) == torch.get_num_threads()
+
+
+def test_calls_sharing_a_block_sum_their_gradients_once_and_alone_give_their_own():
+    n, g = 8, torch.Generator().manual_seed(7)
+    perm = torch.randperm(n, generator=g)
+    inv = _inverse(perm)
+    base = torch.randn(n, n, generator=g)
+    idx = torch.arange(n)
+    tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
+    plain = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
+    gathered = (native.Part(0, perm, inv, None, None), torch.full((n,), 0.5), torch.ones(n))
+
+    def calls(block, which):
+        shared = native.Collector(block)
+        return [native.combo_ce([shared], [part], (n, n), tg) for part in which]
+
+    def reference(block, which):
+        out = []
+        for part in which:
+            z = block if part[0].rho is None else 0.5 * block[perm]
+            out.append(_two_way_ce(z, (idx,), (idx,)))
+        return out
+
+    for which, take in (((plain, gathered), (0, 1)), ((plain, gathered), (1,)), ((gathered, plain), (0,))):
+        got_block, want_block = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+        got = sum(calls(got_block, which)[k] for k in take)
+        want = sum(reference(want_block, which)[k] for k in take)
+        got.backward()
+        want.backward()
+        _close(got, want, f"value {take}")
+        _close(got_block.grad, want_block.grad, f"gradient {take}")

@@ -122,6 +122,7 @@ class Gram:
         self._blocks: dict[tuple[str, ...], torch.Tensor] = {}
         self._dots: dict[tuple[str, str, bool], torch.Tensor] = {}
         self._flags: list[torch.Tensor] = []
+        self._collectors: dict[tuple[str, str], native.Collector] = {}
         # All rows, no history partners, float32 on the CPU: each term's n×n work in the fused kernel.
         self.fused = (self.full and (part is None or part.hist is None) and x.img.dtype == torch.float32
                       and native.available(x.img.device))
@@ -200,7 +201,7 @@ class Gram:
                  scale: Scale = 1.0, diag: torch.Tensor | None = None) -> torch.Tensor:
         """``_two_way_ce(logits(x, y), rows, cols)`` (either direction may be ``None``) with ``diag`` on the
         diagonal, in the fused kernel (:mod:`.native`): the logits are never formed as torch ops."""
-        blocks: list[torch.Tensor] = []
+        blocks: list[native.Collector] = []
         index: dict[tuple[str, str], int] = {}
         parts = []
         perm, inv = (None, None) if self.perm is None else (self.perm.contiguous(), self.inv.contiguous())
@@ -209,7 +210,9 @@ class Gram:
                 if (bx, by) not in index:  # image side first, as two_way orients them: no transposed block
                     assert _SIDE[bx] <= _SIDE[by], (bx, by)
                     index[bx, by] = len(blocks)
-                    blocks.append(self.block(bx, by))
+                    if (bx, by) not in self._collectors:  # one per block and step, shared by the terms
+                        self._collectors[bx, by] = native.Collector(self.block(bx, by))
+                    blocks.append(self._collectors[bx, by])
                 rows_at = (perm, inv) if px else (None, None)
                 cols_at = (perm, inv) if py else (None, None)
                 part = native.Part(index[bx, by], *rows_at, *cols_at)

@@ -208,27 +208,56 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _structs(parts, blocks, coefs, dblocks=None, dcoefs=None) -> ctypes.Array:
-    """The kernel's ``Part`` array: pointers into tensors the caller keeps alive for the call."""
+def _structs(parts, blocks, coefs, dblocks=None, dcoefs=None, fresh=frozenset()) -> ctypes.Array:
+    """The kernel's ``Part`` array: pointers into tensors the caller keeps alive for the call; the first part
+    on each block in ``fresh`` writes its gradient, every other part adds to it."""
     out = (_Part * len(parts))()
     seen = set()
     for j, (p, st) in enumerate(zip(parts, out)):
         st.block, st.rho, st.rho_inv = blocks[p.block].data_ptr(), _ptr(p.rho), _ptr(p.rho_inv)
         st.gam, st.gam_inv = _ptr(p.gam), _ptr(p.gam_inv)
-        st.first, _ = p.block not in seen, seen.add(p.block)
+        st.first, _ = p.block in fresh and p.block not in seen, seen.add(p.block)
         st.r, st.c = coefs[2 * j].data_ptr(), coefs[2 * j + 1].data_ptr()
         if dblocks is not None:
             st.dblock, st.dr, st.dc = _ptr(dblocks[p.block]), _ptr(dcoefs[2 * j]), _ptr(dcoefs[2 * j + 1])
     return out
 
 
-class _ComboCE(torch.autograd.Function):
-    """:func:`combo_ce`: inputs ``(parts, targets, shape, scale, diag, *blocks, *coefficients)``."""
+class Collector:
+    """One block's gradient, summed in place over every fused call that reads it (the block's first part in
+    the first backward writes it, the rest add) and handed to autograd once, by :class:`_Collect`: one
+    ``n×n`` buffer per block and step, where each call returning its own would cost a fresh buffer (page
+    faults) and an add each."""
+
+    def __init__(self, block: torch.Tensor) -> None:
+        self.block = block.detach().contiguous()
+        self.grad: torch.Tensor | None = None
+        self.token = _Collect.apply(block, self)
+
+
+class _Collect(torch.autograd.Function):
+    """``block -> token`` (an empty tensor the fused calls take as input): its backward runs after every
+    call that took the token (they are its only consumers) and returns the summed gradient."""
 
     @staticmethod
-    def forward(ctx, parts, tg, shape, scale, diag, *tensors):
+    def forward(ctx, block, collector):
+        ctx.collector = collector
+        return block.new_empty(0)
+
+    @staticmethod
+    def backward(ctx, _):
+        grad, ctx.collector.grad = ctx.collector.grad, None
+        return grad, None
+
+
+class _ComboCE(torch.autograd.Function):
+    """:func:`combo_ce`: inputs ``(parts, targets, shape, scale, diag, collectors, *tokens, *coefs)``."""
+
+    @staticmethod
+    def forward(ctx, parts, tg, shape, scale, diag, collectors, *tensors):
         n_r, n_c = shape
-        blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
+        coefs = tensors[len(collectors) :]
+        blocks = [c.block for c in collectors]
         s = float(scale)
         z, lse_r, lse_c = _take((n_r, n_c)), torch.empty(n_r), torch.empty(n_c)
         _library().combo_forward(_structs(parts, blocks, coefs), len(parts), n_r, n_c, _ptr(diag), s,
@@ -240,9 +269,10 @@ class _ComboCE(torch.autograd.Function):
         if tg.w_c is not None:
             loss = loss + (tg.w_c * lse_c).sum()
         ctx.parts, ctx.tg, ctx.shape, ctx.s, ctx.has_diag = parts, tg, shape, s, diag is not None
+        ctx.collectors = collectors
         ctx.scale_grad = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[3]
         ctx.spent = False
-        ctx.save_for_backward(z, lse_r, lse_c, *tensors)
+        ctx.save_for_backward(z, lse_r, lse_c, *coefs)
         return loss
 
     @staticmethod
@@ -252,12 +282,17 @@ class _ComboCE(torch.autograd.Function):
             raise RuntimeError("the fused Gram kernel's backward runs once (it overwrites its saved logits); "
                                "for retain_graph=True, set GEOMIX_NATIVE=0")
         ctx.spent = True
-        z, lse_r, lse_c, *tensors = ctx.saved_tensors
-        parts, tg, (n_r, n_c), s = ctx.parts, ctx.tg, ctx.shape, ctx.s
-        blocks, coefs = tensors[: -2 * len(parts)], tensors[-2 * len(parts) :]
-        need = ctx.needs_input_grad[5:]
-        # Every entry is written by the kernel (the first part on a block writes its rows, the rest add).
-        dblocks = [torch.empty_like(b) if need[i] else None for i, b in enumerate(blocks)]
+        z, lse_r, lse_c, *coefs = ctx.saved_tensors
+        parts, tg, (n_r, n_c), s, collectors = ctx.parts, ctx.tg, ctx.shape, ctx.s, ctx.collectors
+        blocks = [c.block for c in collectors]
+        need = ctx.needs_input_grad[6:]
+        fresh = set()  # blocks whose gradient buffer this call starts (its first part there writes it)
+        for i, c in enumerate(collectors):
+            if need[i] and c.grad is None:
+                c.grad = torch.empty_like(c.block)
+                fresh.add(i)
+        dblocks = [c.grad if need[i] else None for i, c in enumerate(collectors)]
+        # Every entry is written by the kernel.
         dcoefs = [torch.empty_like(c) if need[len(blocks) + i] else None for i, c in enumerate(coefs)]
         g = float(grad) * s  # dz = g·s·(softmax weights - targets)
         a = None if tg.w_r is None else (g * tg.w_r).float().contiguous()
@@ -265,24 +300,27 @@ class _ComboCE(torch.autograd.Function):
         cval = (g * tg.val).contiguous()
         ddiag = torch.empty(n_r) if ctx.has_diag else None
         zdz = _library().combo_backward(
-            _structs(parts, blocks, coefs, dblocks, dcoefs), len(parts), n_r, n_c, s, z.data_ptr(),
+            _structs(parts, blocks, coefs, dblocks, dcoefs, fresh), len(parts), n_r, n_c, s, z.data_ptr(),
             lse_r.data_ptr(), _ptr(a), lse_c.data_ptr(), _ptr(b), tg.ptr.data_ptr(), tg.col.data_ptr(),
             cval.data_ptr(), _ptr(ddiag), _threads(n_r),
         )
         _give(z)  # spent: nothing reads it again (a second backward is refused above)
         ds = torch.tensor(zdz / s, dtype=torch.float32) if ctx.scale_grad else None  # Σ dz·z / s
-        return (None, None, None, ds, ddiag, *dblocks, *dcoefs)
+        tokens = [c.token.new_empty(0) if need[i] else None for i, c in enumerate(collectors)]
+        return (None, None, None, ds, ddiag, None, *tokens, *dcoefs)
 
 
-def combo_ce(blocks: list[torch.Tensor], parts: list[tuple[Part, torch.Tensor, torch.Tensor]],
+def combo_ce(collectors: list[Collector], parts: list[tuple[Part, torch.Tensor, torch.Tensor]],
              shape: tuple[int, int], tg: Targets, scale: float | torch.Tensor = 1.0,
              diag: torch.Tensor | None = None) -> torch.Tensor:
     """``_LineCE`` on the logits ``Σ_parts r[i]·c[j]·block[ρ(i), γ(j)]`` (``diag``: the diagonal replaced).
 
-    ``blocks``: contiguous CPU float32 matrices of ``shape[1]`` columns; each part is ``(Part, r [R], c [C])``
-    with ``r``, ``c`` float32 vectors (which may require grad). Returns the summed loss (a 0-d tensor).
+    ``collectors``: a :class:`Collector` per block (contiguous CPU float32 matrices of ``shape[1]`` columns),
+    shared by every call of a step that reads the block; each part is ``(Part, r [R], c [C])`` with ``r``,
+    ``c`` float32 vectors (which may require grad). Returns the summed loss (a 0-d tensor).
     """
-    coefs = [t for _, r, c in parts for t in (r.contiguous(), c.contiguous())]
+    coefs = [t.contiguous() for _, r, c in parts for t in (r, c)]
     specs = tuple(p for p, _, _ in parts)
     diag = None if diag is None else diag.contiguous()
-    return _ComboCE.apply(specs, tg, shape, scale, diag, *[b.contiguous() for b in blocks], *coefs)
+    tokens = [c.token for c in collectors]
+    return _ComboCE.apply(specs, tg, shape, scale, diag, tuple(collectors), *tokens, *coefs)
