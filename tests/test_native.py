@@ -182,13 +182,18 @@ def test_a_second_backward_through_the_same_graph_is_refused():
         loss.backward()
 
 
-def test_threads_default_to_one_and_follow_the_setting(monkeypatch):
-    assert native._threads(4096) == 1
-    monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "4")
-    assert native._threads(4096) == 4 and native._threads(3 * native.ROWS_PER_THREAD) == 3
+def test_threads_follow_torch_and_the_setting(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert native._threads(4096) == 3 and native._threads(2 * native.ROWS_PER_THREAD) == 2
     assert native._threads(10) == 1
-    monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "0")
-    assert native._threads(1 << 20) == torch.get_num_threads()
+    monkeypatch.setenv("GEOMIX_NATIVE_THREADS", "5")
+    assert native._threads(4096) == 5
+
+
+def test_the_kernel_joins_torchs_openmp_runtime_where_torch_uses_libgomp():
+    gomp = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+    assert native.torch_libgomp() == bool(gomp)
+    assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {sorted(gomp)}"
 
 
 def test_calls_sharing_a_block_sum_their_gradients_once_and_alone_give_their_own():

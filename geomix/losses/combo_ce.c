@@ -8,14 +8,16 @@
  * exponentials: lse_r[i] = logsumexp_j(s z[i, j]), lse_c[j] = logsumexp_i(s z[i, j]). Backward: pass 1
  * overwrites z with dz = a_i exp(s z - lse_r_i) + b_j exp(s z - lse_c_j) - (the targets, sparse corrections
  * per row); pass 2 goes over the blocks' rows m and adds every part's share, reading dz at the row that
- * gathers m (rho_inv), so each thread owns the block rows it writes. Rows are split over `threads` POSIX
- * threads (torch's own pool is idle meanwhile); column sums go to per-thread buffers, then are summed.
+ * gathers m (rho_inv), so each thread owns the block rows it writes. Rows are split over the threads of an
+ * OpenMP team (see run); column sums go to per-thread buffers, then are summed.
  * float32 storage and per-row float32 sums, as torch's ops; vectorised with glibc's libmvec expf. */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #pragma omp declare simd notinbranch
 extern float expf(float);
@@ -58,22 +60,22 @@ typedef struct {
 
 static inline float maxf(float a, float b) { return a > b ? a : b; }
 
+/* fn over rows split in contiguous chunks, one per thread of the OpenMP team (torch's own runtime: the library
+ * is built with -fopenmp only where torch's libgomp is the one loaded, so the team is torch's thread pool).
+ * Each fn adds into its thread's buffers, which the caller set up for all T threads. */
 static void run(Job *job, void *(*fn)(void *)) {
-    int64_t T = job->T, chunk = (job->R + T - 1) / T;
-    pthread_t th[64];
-    Task tasks[64];
-    for (int64_t t = 0; t < T; t++) {
-        tasks[t].job = job;
-        tasks[t].t = t;
-        tasks[t].lo = t * chunk < job->R ? t * chunk : job->R;
-        tasks[t].hi = (t + 1) * chunk < job->R ? (t + 1) * chunk : job->R;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(job->T)
+    {
+        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num(), chunk = (job->R + nt - 1) / nt;
+        Task task = {job, t, t * chunk < job->R ? t * chunk : job->R,
+                     (t + 1) * chunk < job->R ? (t + 1) * chunk : job->R};
+        fn(&task);
     }
-    int64_t started = 1;
-    for (int64_t t = 1; t < T; t++, started++)
-        if (pthread_create(&th[t], NULL, fn, &tasks[t]) != 0) break;
-    for (int64_t t = started; t < T; t++) fn(&tasks[t]);  /* a thread that did not start: run it here */
-    fn(&tasks[0]);
-    for (int64_t t = 1; t < started; t++) pthread_join(th[t], NULL);
+#else
+    Task task = {job, 0, 0, job->R};
+    fn(&task);
+#endif
 }
 
 static void *build_rows(void *arg) {
@@ -81,7 +83,6 @@ static void *build_rows(void *arg) {
     const Job *J = task->job;
     const int64_t C = J->C;
     float *cmax = J->col_t + task->t * C;
-    for (int64_t j = 0; j < C; j++) cmax[j] = -INFINITY;
     for (int64_t i = task->lo; i < task->hi; i++) {
         float *zi = J->z + i * C;
         memset(zi, 0, (size_t)C * sizeof(float));
@@ -119,7 +120,6 @@ static void *sum_rows(void *arg) {
     const int64_t C = J->C;
     const float s = J->s, *cmax = J->cmax;
     float *csum = J->col_t + task->t * C;
-    for (int64_t j = 0; j < C; j++) csum[j] = 0.f;
     for (int64_t i = task->lo; i < task->hi; i++) {
         const float *zi = J->z + i * C;
         const float sm = s * J->lse_r[i];
@@ -143,10 +143,20 @@ static void *sum_rows(void *arg) {
     return NULL;
 }
 
+static int64_t team(int64_t threads) {
+#ifdef _OPENMP
+    return threads < 1 ? 1 : (threads > 64 ? 64 : threads);
+#else
+    (void)threads;
+    return 1;
+#endif
+}
+
 void combo_forward(const Part *parts, int64_t K, int64_t R, int64_t C, const float *diag, float s,
                    int rows_on, int cols_on, float *z, float *lse_r, float *lse_c, int64_t threads) {
-    int64_t T = threads < 1 ? 1 : (threads > 64 ? 64 : threads);
+    const int64_t T = team(threads);
     float *col_t = malloc((size_t)(T * C) * sizeof(float));
+    for (int64_t j = 0; j < T * C; j++) col_t[j] = -INFINITY;
     Job J = {.parts = parts, .K = K, .R = R, .C = C, .T = T, .diag = diag, .s = s, .rows_on = rows_on,
              .cols_on = cols_on, .z = z, .lse_r = lse_r, .lse_c = lse_c, .col_t = col_t, .cmax = lse_c};
     run(&J, build_rows);
@@ -155,6 +165,7 @@ void combo_forward(const Part *parts, int64_t K, int64_t R, int64_t C, const flo
         for (int64_t t = 1; t < T; t++) m = maxf(m, col_t[t * C + j]);
         lse_c[j] = m;  /* the column maxima, until the sums are in */
     }
+    memset(col_t, 0, (size_t)(T * C) * sizeof(float));
     run(&J, sum_rows);
     for (int64_t j = 0; j < C; j++) {
         float acc = 0.f;
@@ -201,7 +212,7 @@ static void *grad_rows(void *arg) {
         zdz += acc;
         if (J->ddiag) { J->ddiag[i] = zi[i]; zi[i] = 0.f; }
     }
-    J->zdz_t[task->t] = zdz;
+    J->zdz_t[task->t] += zdz;
     return NULL;
 }
 
@@ -215,7 +226,6 @@ static void *grad_blocks(void *arg) {
     for (int64_t k = 0; k < J->K; k++) {
         const Part *p = J->parts + k;
         float *dc = p->dc ? J->dc_t + (task->t * J->K + k) * C : sink;
-        if (p->dc) memset(dc, 0, (size_t)C * sizeof(float));
         const int write = p->first || !p->dblock;
         for (int64_t m = task->lo; m < task->hi; m++) {
             const int64_t i = p->rho_inv ? p->rho_inv[m] : m;
@@ -266,9 +276,9 @@ static void *grad_blocks(void *arg) {
 double combo_backward(const Part *parts, int64_t K, int64_t R, int64_t C, float s, float *z, const float *lse_r,
                       const float *a, const float *lse_c, const float *b, const int64_t *cptr,
                       const int64_t *ccol, const float *cval, float *ddiag, int64_t threads) {
-    int64_t T = threads < 1 ? 1 : (threads > 64 ? 64 : threads);
-    double zdz_t[64];
-    float *dc_t = malloc((size_t)(T * K * C) * sizeof(float));
+    const int64_t T = team(threads);
+    double zdz_t[64] = {0};
+    float *dc_t = calloc((size_t)(T * K * C), sizeof(float));
     Job J = {.parts = parts, .K = K, .R = R, .C = C, .T = T, .s = s, .z = z, .lse_r = (float *)lse_r,
              .lse_c = (float *)lse_c, .a = a, .b = b, .cptr = cptr, .ccol = ccol, .cval = cval, .ddiag = ddiag,
              .zdz_t = zdz_t, .dc_t = dc_t};

@@ -34,10 +34,9 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("combo_ce.c")
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC",
-          "-pthread", "-shared"]
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 _LIBS = ["-lmvec", "-lm"]
-# Rows per thread below which a call uses fewer threads (a thread's start costs about as much as 64 rows).
+# Rows per thread below which a call uses fewer threads (a parallel region costs about as much as 64 rows).
 ROWS_PER_THREAD = 64
 _P = ctypes.c_void_p
 
@@ -62,12 +61,24 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def torch_libgomp() -> bool:
+    """Whether torch runs its threads on GNU OpenMP, loaded in this process: the kernel is then built with
+    ``-fopenmp`` and its ``libgomp.so.1`` resolves to that same library, so its parallel rows run on torch's
+    own thread pool. Elsewhere a second OpenMP runtime would fight torch's for the cores: one thread."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return "libgomp" in maps and "OpenMP" in torch.__config__.parallel_info()
+
+
 def _build() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None or platform.system() != "Linux":
         return None
     src = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS + _LIBS).encode(), _cpu_flags().encode(),
+    flags = [*_FLAGS, "-fopenmp" if torch_libgomp() else "-fopenmp-simd"]
+    key = hashlib.sha256(b"\0".join([src, " ".join(flags + _LIBS).encode(), _cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     root = Path(os.environ.get("GEOMIX_NATIVE_DIR") or Path.home() / ".cache" / "geomix" / "native")
     out = root / f"combo_ce-{key}.so"
@@ -76,7 +87,7 @@ def _build() -> ctypes.CDLL | None:
         fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            cmd = [cc, *_FLAGS, str(_SOURCE), "-o", tmp, *_LIBS]
+            cmd = [cc, *flags, str(_SOURCE), "-o", tmp, *_LIBS]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 log.warning("geomix: the fused Gram kernel did not build (%s); using torch ops: %s", cc,
@@ -196,11 +207,9 @@ def _give(z: torch.Tensor) -> None:
 
 
 def _threads(rows: int) -> int:
-    """Threads for one call: ``GEOMIX_NATIVE_THREADS`` (default 1, ``0``: torch's count), fewer for a small
-    matrix. One by default: torch's OpenMP workers spin for a while after each parallel op, and on the
-    2-core machine this was measured on, the kernel's own threads beside them made m³-Mix at n = 256 twice
-    as slow, and no faster at n = 1024 (docs/losses.md, *The fused Gram kernel*)."""
-    want = int(os.environ.get("GEOMIX_NATIVE_THREADS", "1")) or torch.get_num_threads()
+    """Threads for one call: torch's count (``GEOMIX_NATIVE_THREADS`` overrides it), fewer for a small
+    matrix; the kernel runs them on torch's OpenMP pool (:func:`torch_libgomp`), or runs alone."""
+    want = int(os.environ.get("GEOMIX_NATIVE_THREADS", "0")) or torch.get_num_threads()
     return max(1, min(want, rows // ROWS_PER_THREAD))
 
 
