@@ -116,6 +116,7 @@ def test_non_finite_logits_give_what_the_torch_ops_give():
 def test_mix_loss_on_the_fused_kernel_equals_its_torch_ops_and_the_direct_kernels(partner, fused_calls,
                                                                                   monkeypatch):
     monkeypatch.setattr(native, "_threads", lambda rows: 2)
+    monkeypatch.setattr(native, "MIN_ROWS", 2)  # small batches, so the run is quick
     batches = [(_unit(11, 16, 2 * k), _unit(11, 16, 2 * k + 1)) for k in range(2)]
     for subset in [s for k in range(1, 5) for s in itertools.combinations(TERMS, k)]:
         for geometry in ("geodesic", "linear"):
@@ -157,6 +158,7 @@ def test_the_build_is_cached_and_without_a_compiler_the_torch_ops_serve(tmp_path
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_lib", None)
     assert not native.available(torch.device("cpu"))
+    monkeypatch.setattr(native, "MIN_ROWS", 2)
     i, t = (x.requires_grad_(True) for x in (_unit(8, 16, 0), _unit(8, 16, 1)))
     loss_cfg = LossConfig(w_v=0.5, w_vl=0.5)
     got = L.MixLoss(loss_cfg, MixConfig(**MIX), path="gram")(i, t, 7.0, epoch=0, step=0, total_steps=1)[0]
@@ -225,3 +227,12 @@ def test_calls_sharing_a_block_sum_their_gradients_once_and_alone_give_their_own
         want.backward()
         _close(got, want, f"value {take}")
         _close(got_block.grad, want_block.grad, f"gradient {take}")
+
+
+def test_a_batch_below_min_rows_stays_on_the_torch_ops(fused_calls):
+    loss = L.MixLoss(LossConfig(w_v=0.5), MixConfig(**MIX), path="gram")
+    for n, used in ((native.MIN_ROWS - 1, False), (native.MIN_ROWS, True)):
+        i, t = _unit(n, 8, 0).requires_grad_(True), _unit(n, 8, 1).requires_grad_(True)
+        before = len(fused_calls)
+        loss(i, t, 7.0, epoch=0, step=0, total_steps=1)[0].backward()
+        assert (len(fused_calls) > before) == used, n

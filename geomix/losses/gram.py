@@ -123,9 +123,10 @@ class Gram:
         self._dots: dict[tuple[str, str, bool], torch.Tensor] = {}
         self._flags: list[torch.Tensor] = []
         self._collectors: dict[tuple[str, str], native.Collector] = {}
-        # All rows, no history partners, float32 on the CPU: each term's n×n work in the fused kernel.
+        # All rows of a large enough batch, no history partners, float32 on the CPU: each term's n×n work in
+        # the fused kernel.
         self.fused = (self.full and (part is None or part.hist is None) and x.img.dtype == torch.float32
-                      and native.available(x.img.device))
+                      and self.n >= native.MIN_ROWS and native.available(x.img.device))
 
     def block(self, a: str, b: str, permuted: bool = False) -> torch.Tensor:
         """``a·bᵀ``: all rows (unpermuted; the caller gathers), or this worker's rows / their partners'."""
