@@ -1,7 +1,8 @@
 """Training throughput, side by side in one run on the same model, data and batch.
 
 1. geomix's loop: CLIP-only (``ft``) vs m³-Mix (all four mix terms), interleaved repeats, median
-   per-step samples/s (target: m³ costs <= 10 % more per step on the CPU tiny model at batch 256).
+   per-step samples/s (target: m³ costs <= 10 % more per step on the CPU tiny model at batch 256); and
+   m³-Mix with the fused Gram kernel off (``geomix/losses/native.py``), where it would run (batch >= 256).
 2. geomix's loop vs open_clip's own training loop (``python -m open_clip_train.main``, shipped in the
    open_clip wheel) on the same CSV export of the embedded data (``python -m geomix.data.export``), same
    model, batch, precision and optimiser (target: geomix >= 1.0x).
@@ -25,8 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from geomix import train
 from geomix.config import build_config
+from geomix.losses import native
 
 M3 = ["loss.w_m2=0.1", "loss.w_v=0.05", "loss.w_l=0.05", "loss.w_vl=0.1"]
 
@@ -72,6 +76,12 @@ def _geomix_rates(overrides: list[str], batch: int, steps: int, model: str) -> l
         raise RuntimeError(f"benchmark run failed: {result['error']}")
     dts = [b - a for a, b in zip(clock.times, clock.times[1:])]
     return [batch / dt for dt in dts]
+
+
+def _m3_on_torch_ops(batch: int, steps: int, model: str) -> list[float]:
+    """m³-Mix with the fused Gram kernel off (the Gram path's torch ops): the kernel's end-to-end effect."""
+    with native.disabled():
+        return _geomix_rates(M3, batch, steps, model)
 
 
 def _open_clip_rates(
@@ -150,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-open-clip", action="store_true")
     args = p.parse_args(argv)
 
-    rates: dict[str, list[float]] = {"clip": [], "m3": [], "geomix_csv": [], "open_clip_csv": []}
+    rates: dict[str, list[float]] = {k: [] for k in ("clip", "m3", "m3_torch", "geomix_csv", "open_clip_csv")}
     with tempfile.TemporaryDirectory(prefix="geomix-bench-") as tmp:
         export = Path(tmp) / "export"
         if not args.skip_open_clip:
@@ -187,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "clip": lambda r: _geomix_rates([], args.batch, args.steps, args.model),
             "m3": lambda r: _geomix_rates(M3, args.batch, args.steps, args.model),
         }
+        if native.available(torch.device("cpu")) and args.batch >= native.MIN_ROWS:
+            runs["m3_torch"] = lambda r: _m3_on_torch_ops(args.batch, args.steps, args.model)
         if not args.skip_open_clip:
             runs["geomix_csv"] = lambda r: _geomix_rates(csv, args.batch, args.steps, args.model)
             runs["open_clip_csv"] = lambda r: _open_clip_rates(
@@ -217,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, label in [
         ("clip", "geomix CLIP-only (embedded)"),
         ("m3", "geomix m3-Mix (embedded)"),
+        ("m3_torch", "  the same, fused kernel off"),
         ("geomix_csv", "geomix CLIP-only (CSV export)"),
         ("open_clip_csv", "open_clip_train (CSV export)"),
     ]:
@@ -225,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<34}{med[k]:>12.1f}{f'{q[0]:.1f} - {q[2]:.1f}':>20}{len(rates[k]):>7}")
     extra = med["clip"] / med["m3"] - 1.0
     print(f"m3-Mix extra time per step vs CLIP-only: {100 * extra:+.1f} % (target <= +10 %)")
+    if "m3_torch" in med:
+        ratio = med["m3"] / med["m3_torch"]
+        print(f"fused Gram kernel: m3-Mix throughput {ratio:.2f}x the Gram path's torch ops")
     if "open_clip_csv" in med:
         print(
             f"geomix / open_clip_train throughput: {med['geomix_csv'] / med['open_clip_csv']:.2f}x "

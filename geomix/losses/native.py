@@ -1,17 +1,20 @@
-"""The fused Gram kernel (``combo_ce.c``): one term's logits, cross-entropy and gradients in three passes.
+"""The fused Gram kernel (``combo_ce.c``): one term's logits, cross-entropy and gradients in four passes.
 
 On the CPU the Gram path's cost beyond its products is ``n×n`` passes: forming a term's logits from the
 blocks (gathers, per-row and per-column coefficients), the log-sum-exp both ways, and the same again in the
-backward, each a separate torch op that reads and writes a whole ``n×n`` matrix. :func:`combo_ce` does a term
-in three: build its logits row by row (kept for the backward) with the row and column maxima, the two sums of
-exponentials, and one backward pass that writes every block's and coefficient's gradient. The value is
-``_LineCE``'s on the logits ``Gram.logits`` would form (``tests/test_gram.py`` holds the two to 1e-5).
+backward, each a separate torch op that reads and writes a whole ``n×n`` matrix into a fresh buffer.
+:func:`combo_ce` builds a term's logits row by row with the row and column maxima, takes both sums of
+exponentials, and in the backward overwrites the logits with their gradient and adds every part's block and
+coefficient gradients; the blocks' gradients of a step share one buffer (:class:`Collector`). The value
+is ``_LineCE``'s on the logits ``Gram.logits`` would form (``tests/test_native.py``, 1e-5).
 
 The C source is compiled on first use with the system C compiler (``cc``, glibc's ``libmvec`` for a
-vectorised ``expf``) into ``$GEOMIX_NATIVE_DIR`` (default ``~/.cache/geomix/native``), keyed by the source,
-the flags and the CPU's feature flags, written atomically so concurrent workers may race; it is loaded with
-:mod:`ctypes`. Where there is no compiler, the build fails, the tensors are not CPU float32, or
-``GEOMIX_NATIVE=0``, :func:`available` is false and the Gram path keeps its torch ops (the same values).
+vectorised ``expf``, ``-fopenmp`` where torch's ``libgomp`` is loaded, so rows run on torch's thread pool)
+into ``$GEOMIX_NATIVE_DIR`` (default ``~/.cache/geomix/native``), keyed by the source, the flags and the
+CPU's feature flags, written atomically so concurrent workers may race; it is loaded with :mod:`ctypes`.
+Where there is no compiler, the build fails, the tensors are not CPU float32, or ``GEOMIX_NATIVE=0``,
+:func:`available` is false and the Gram path keeps its torch ops (the same values). ``docs/losses.md``,
+*The fused Gram kernel*, has the design and the measurements.
 """
 
 from __future__ import annotations
