@@ -166,6 +166,12 @@ def test_the_build_is_cached_and_without_a_compiler_the_torch_ops_serve(tmp_path
     _close(got, want, "fallback")
 
     monkeypatch.delenv("CC")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path / "a-file" / "cache"))  # cannot be created
+    monkeypatch.setattr(native, "_tried", False)
+    assert not native.available(torch.device("cpu"))
+
+    monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_tried", False)
     assert native.available(torch.device("cpu"))
     monkeypatch.setenv("GEOMIX_NATIVE", "0")

@@ -95,7 +95,7 @@ def _build() -> ctypes.CDLL | None:
         os.close(fd)
         try:
             cmd = [cc, *flags, str(_SOURCE), "-o", tmp, *_LIBS]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 log.warning("geomix: the fused Gram kernel did not build (%s); using torch ops: %s", cc,
                             done.stderr.strip()[:500])
@@ -120,7 +120,7 @@ def _library() -> ctypes.CDLL | None:
         _tried = True
         try:
             _lib = _build()
-        except OSError as err:  # an unwritable cache, a library that does not load
+        except (OSError, subprocess.SubprocessError) as err:  # an unwritable cache, a stuck compiler, ...
             log.warning("geomix: the fused Gram kernel is unavailable (%s); using torch ops", err)
             _lib = None
     return _lib
