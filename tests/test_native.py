@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_a_combination_equals_line_ce_on_the_logits_it_forms(rows_on, cols_on, w
 
     parts = [(native.Part(b, rho, None if rho is None else inv, gam, None if gam is None else inv), r, c)
              for (b, rho, gam), (r, c) in zip(layout, coefs)]
-    tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
+    tg = native.targets(None if rows is None else _directions(n, 1, *rows),
                         None if cols is None else _directions(n, 0, *cols))
     got = native.combo_ce([native.Collector(b) for b in blocks], parts, (n, n), tg, scale=scale, diag=diag)
 
@@ -104,7 +105,7 @@ def test_non_finite_logits_give_what_the_torch_ops_give():
         block = torch.randn(n, n, generator=torch.Generator().manual_seed(1))
         block[2, 3] = bad  # not a target: -inf there only drops out of the softmax
         part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
-        tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
+        tg = native.targets(_directions(n, 1, idx), _directions(n, 0, idx))
         got = native.combo_ce([native.Collector(block)], [part], (n, n), tg)
         want = _two_way_ce(block, (idx,), (idx,))
         assert bool(torch.isfinite(got)) == bool(torch.isfinite(want)) == finite, bad
@@ -183,7 +184,7 @@ def test_a_second_backward_through_the_same_graph_is_refused():
     n = 6
     block = torch.randn(n, n).requires_grad_(True)
     part = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
-    tg = native.targets((n, n), _directions(n, 1, torch.arange(n)), None)
+    tg = native.targets(_directions(n, 1, torch.arange(n)), None)
     loss = native.combo_ce([native.Collector(block)], [part], (n, n), tg)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="GEOMIX_NATIVE=0"):
@@ -199,9 +200,12 @@ def test_threads_follow_torch_and_the_setting(monkeypatch):
 
 
 def test_the_kernel_joins_torchs_openmp_runtime_where_torch_uses_libgomp():
-    gomp = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
-    assert native.torch_libgomp() == bool(gomp)
-    assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {sorted(gomp)}"
+    native._library()  # loaded, so its libgomp.so.1 dependency is resolved by now
+    gomp = native.gnu_openmp_loaded()
+    assert len(gomp) <= 1, f"two libgomp.so.1 loaded: {sorted(gomp)}"
+    if native.torch_libgomp():
+        torch_lib = Path(torch.__file__).resolve().parent / "lib"
+        assert {Path(p).resolve().parent for p in gomp} == {torch_lib}, gomp
 
 
 def test_calls_sharing_a_block_sum_their_gradients_once_and_alone_give_their_own():
@@ -210,7 +214,7 @@ def test_calls_sharing_a_block_sum_their_gradients_once_and_alone_give_their_own
     inv = _inverse(perm)
     base = torch.randn(n, n, generator=g)
     idx = torch.arange(n)
-    tg = native.targets((n, n), _directions(n, 1, idx), _directions(n, 0, idx))
+    tg = native.targets(_directions(n, 1, idx), _directions(n, 0, idx))
     plain = (native.Part(0, None, None, None, None), torch.ones(n), torch.ones(n))
     gathered = (native.Part(0, perm, inv, None, None), torch.full((n,), 0.5), torch.ones(n))
 

@@ -46,8 +46,9 @@ typedef struct {
     float *col_t;          /* [T, C]: per-thread column maxima, then sums */
     const float *cmax;     /* [C]: the column maxima, after the first pass */
     const float *a, *b;    /* backward: g s w_r [R] and g s w_c [C], either NULL */
-    const int64_t *cptr, *ccol;
-    const float *cval;
+    int64_t Kr;            /* backward: the row direction's targets, [Kr, R] columns and masses (g s v) */
+    const int64_t *lab_r;
+    const float *val_r;
     float *ddiag;
     double *zdz_t;         /* [T] */
     float *dc_t;           /* [T, K, C] */
@@ -183,8 +184,7 @@ static void *grad_rows(void *arg) {
     double zdz = 0.0;
     for (int64_t i = task->lo; i < task->hi; i++) {
         float *zi = J->z + i * C;  /* z in, dz out */
-        float acc = 0.f;
-        for (int64_t q = J->cptr[i]; q < J->cptr[i + 1]; q++) acc -= J->cval[q] * zi[J->ccol[q]];
+        float acc = 0.f;  /* sum(dz z) of the softmax part: the targets' share is the caller's */
         const float ai = a ? a[i] : 0.f, li = J->lse_r[i];
         if (a && b) {
             #pragma omp simd reduction(+:acc)
@@ -208,9 +208,8 @@ static void *grad_rows(void *arg) {
                 zi[j] = d;
             }
         }
-        for (int64_t q = J->cptr[i]; q < J->cptr[i + 1]; q++) zi[J->ccol[q]] -= J->cval[q];
+        for (int64_t q = 0; q < J->Kr; q++) zi[J->lab_r[q * J->R + i]] -= J->val_r[q * J->R + i];
         zdz += acc;
-        if (J->ddiag) { J->ddiag[i] = zi[i]; zi[i] = 0.f; }
     }
     J->zdz_t[task->t] += zdz;
     return NULL;
@@ -272,17 +271,24 @@ static void *grad_blocks(void *arg) {
     return NULL;
 }
 
-/* z: the forward's logits, overwritten with dz. Returns sum(dz * z) (the scale's gradient times s). */
+/* z: the forward's logits, overwritten with dz. Targets: row i loses val_r[q, i] at column lab_r[q, i]; column j
+ * loses val_c[q, j] at row lab_c[q, j]. Returns sum(dz * z) over the softmax part of dz (the targets' part,
+ * -sum(val z[target]), the caller has from the forward): the scale's gradient times s. */
 double combo_backward(const Part *parts, int64_t K, int64_t R, int64_t C, float s, float *z, const float *lse_r,
-                      const float *a, const float *lse_c, const float *b, const int64_t *cptr,
-                      const int64_t *ccol, const float *cval, float *ddiag, int64_t threads) {
+                      const float *a, const float *lse_c, const float *b, int64_t Kr, const int64_t *lab_r,
+                      const float *val_r, int64_t Kc, const int64_t *lab_c, const float *val_c, float *ddiag,
+                      int64_t threads) {
     const int64_t T = team(threads);
     double zdz_t[64] = {0};
     float *dc_t = calloc((size_t)(T * K * C), sizeof(float));
     Job J = {.parts = parts, .K = K, .R = R, .C = C, .T = T, .s = s, .z = z, .lse_r = (float *)lse_r,
-             .lse_c = (float *)lse_c, .a = a, .b = b, .cptr = cptr, .ccol = ccol, .cval = cval, .ddiag = ddiag,
-             .zdz_t = zdz_t, .dc_t = dc_t};
+             .lse_c = (float *)lse_c, .a = a, .b = b, .Kr = Kr, .lab_r = lab_r, .val_r = val_r,
+             .ddiag = ddiag, .zdz_t = zdz_t, .dc_t = dc_t};
     run(&J, grad_rows);
+    for (int64_t q = 0; q < Kc; q++)
+        for (int64_t j = 0; j < C; j++) z[lab_c[q * C + j] * C + j] -= val_c[q * C + j];
+    if (ddiag)  /* the diagonal was set, not built: its gradient goes there, none to the parts */
+        for (int64_t i = 0; i < R; i++) { ddiag[i] = z[i * C + i]; z[i * C + i] = 0.f; }
     run(&J, grad_blocks);
     for (int64_t k = 0; k < K; k++) {
         if (!parts[k].dc) continue;

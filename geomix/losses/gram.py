@@ -219,7 +219,7 @@ class Gram:
                 part = native.Part(index[bx, by], *rows_at, *cols_at)
                 parts.append((part, self._vector(cx), self._vector(cy)))
         n = self.n
-        tg = native.targets((n, n), None if rows is None else _directions(n, 1, *rows),
+        tg = native.targets(None if rows is None else _directions(n, 1, *rows),
                             None if cols is None else _directions(n, 0, *cols))
         return native.combo_ce(blocks, parts, (n, n), tg, scale=scale, diag=diag)
 

@@ -72,11 +72,18 @@ def torch_libgomp() -> bool:
     """Whether torch runs its threads on GNU OpenMP, loaded in this process: the kernel is then built with
     ``-fopenmp`` and its ``libgomp.so.1`` resolves to that same library, so its parallel rows run on torch's
     own thread pool. Elsewhere a second OpenMP runtime would fight torch's for the cores: one thread."""
+    return bool(gnu_openmp_loaded()) and "OpenMP" in torch.__config__.parallel_info()
+
+
+def gnu_openmp_loaded() -> set[str]:
+    """The mapped files named ``libgomp.so.1*``: the libraries that can answer a ``libgomp.so.1`` dependency.
+    (Wheels that vendor their own copy, scikit-learn's or POT's, rename it ``libgomp-<hash>.so.1``.)"""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return False
-    return "libgomp" in maps and "OpenMP" in torch.__config__.parallel_info()
+        return set()
+    paths = {line.split()[-1] for line in lines if "/" in line}
+    return {p for p in paths if Path(p).name.startswith("libgomp.so.1")}
 
 
 def _build() -> ctypes.CDLL | None:
@@ -109,7 +116,8 @@ def _build() -> ctypes.CDLL | None:
     f32, i32 = ctypes.c_float, ctypes.c_int
     lib.combo_forward.argtypes = [_P, i64, i64, i64, _P, f32, i32, i32, _P, _P, _P, i64]
     lib.combo_forward.restype = None
-    lib.combo_backward.argtypes = [_P, i64, i64, i64, f32, _P, _P, _P, _P, _P, _P, _P, _P, _P, i64]
+    lib.combo_backward.argtypes = [_P, i64, i64, i64, f32, _P, _P, _P, _P, _P, i64, _P, _P, i64, _P, _P, _P,
+                                   i64]
     lib.combo_backward.restype = ctypes.c_double
     return lib
 
@@ -159,41 +167,40 @@ class Part:
 
 @dataclass(frozen=True)
 class Targets:
-    """The cross-entropy's targets: line weights ``w_r`` [R] / ``w_c`` [C] (``None``: that direction off) and
-    the target mass as coordinates ``(row, col, value)`` sorted by row, ``ptr`` [R+1] their row offsets."""
+    """The cross-entropy's targets, per direction (``None``: that direction off): line weights ``w_r`` [R] /
+    ``w_c`` [C], and the target mass ``val_r`` [Kr, R] at columns ``lab_r`` (row ``i`` puts ``val_r[k, i]``
+    on column ``lab_r[k, i]``) / ``val_c`` [Kc, C] at rows ``lab_c``."""
 
     w_r: torch.Tensor | None
     w_c: torch.Tensor | None
-    row: torch.Tensor
-    col: torch.Tensor
-    val: torch.Tensor
-    ptr: torch.Tensor
+    lab_r: torch.Tensor | None
+    val_r: torch.Tensor | None
+    lab_c: torch.Tensor | None
+    val_c: torch.Tensor | None
+
+    def picked(self, z: torch.Tensor) -> torch.Tensor:
+        """``Σ mass · z[target]`` over both directions."""
+        out = z.new_zeros(())
+        if self.lab_r is not None:
+            out = out + (z.gather(1, self.lab_r.T) * self.val_r.T).sum()
+        if self.lab_c is not None:
+            out = out + (z.gather(0, self.lab_c) * self.val_c).sum()
+        return out
 
 
-def targets(shape: tuple[int, int], rows: tuple | None, cols: tuple | None) -> Targets:
+def targets(rows: tuple | None, cols: tuple | None) -> Targets:
     """:class:`Targets` from ``_LineCE``'s directions (``(dim, labels [K, L], V [K, L])``, see
     ``_common._targets``), ``rows`` the one along dim 1, ``cols`` along dim 0."""
-    n_r, n_c = shape
-    rr, cc, vv = [], [], []
-    w_r = w_c = None
+    w_r = lab_r = val_r = w_c = lab_c = val_c = None
     if rows is not None:
-        _, labels, v = rows  # labels [K, R]: columns
-        w_r = v.sum(0)
-        rr.append(torch.arange(n_r).expand_as(labels).reshape(-1))
-        cc.append(labels.reshape(-1))
-        vv.append(v.reshape(-1))
+        _, lab_r, val_r = rows
+        lab_r, val_r = lab_r.contiguous(), val_r.float().contiguous()
+        w_r = val_r.sum(0)
     if cols is not None:
-        _, labels, v = cols  # labels [K, C]: rows
-        w_c = v.sum(0)
-        rr.append(labels.reshape(-1))
-        cc.append(torch.arange(n_c).expand_as(labels).reshape(-1))
-        vv.append(v.reshape(-1))
-    row, col, val = torch.cat(rr), torch.cat(cc), torch.cat(vv).float()
-    order = torch.argsort(row, stable=True)
-    row, col, val = row[order].contiguous(), col[order].contiguous(), val[order].contiguous()
-    ptr = torch.zeros(n_r + 1, dtype=torch.int64)
-    ptr[1:] = torch.bincount(row, minlength=n_r).cumsum(0)
-    return Targets(w_r, w_c, row, col, val, ptr)
+        _, lab_c, val_c = cols
+        lab_c, val_c = lab_c.contiguous(), val_c.float().contiguous()
+        w_c = val_c.sum(0)
+    return Targets(w_r, w_c, lab_r, val_r, lab_c, val_c)
 
 
 # Logit buffers whose backward has run, kept for the next call of their shape: a fresh n×n buffer costs
@@ -279,13 +286,14 @@ class _ComboCE(torch.autograd.Function):
         _library().combo_forward(_structs(parts, blocks, coefs), len(parts), n_r, n_c, _ptr(diag), s,
                                  int(tg.w_r is not None), int(tg.w_c is not None), z.data_ptr(),
                                  lse_r.data_ptr(), lse_c.data_ptr(), _threads(n_r))
-        loss = -s * (z[tg.row, tg.col] * tg.val).sum()
+        picked = tg.picked(z)
+        loss = -s * picked
         if tg.w_r is not None:
             loss = loss + (tg.w_r * lse_r).sum()
         if tg.w_c is not None:
             loss = loss + (tg.w_c * lse_c).sum()
         ctx.parts, ctx.tg, ctx.shape, ctx.s, ctx.has_diag = parts, tg, shape, s, diag is not None
-        ctx.collectors = collectors
+        ctx.collectors, ctx.picked = collectors, float(picked)
         ctx.scale_grad = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[3]
         ctx.spent = False
         ctx.save_for_backward(z, lse_r, lse_c, *coefs)
@@ -313,13 +321,15 @@ class _ComboCE(torch.autograd.Function):
         g = float(grad) * s  # dz = g·s·(softmax weights - targets)
         a = None if tg.w_r is None else (g * tg.w_r).float().contiguous()
         b = None if tg.w_c is None else (g * tg.w_c).float().contiguous()
-        cval = (g * tg.val).contiguous()
+        val_r = None if tg.val_r is None else (g * tg.val_r).contiguous()
+        val_c = None if tg.val_c is None else (g * tg.val_c).contiguous()
         ddiag = torch.empty(n_r) if ctx.has_diag else None
         zdz = _library().combo_backward(
             _structs(parts, blocks, coefs, dblocks, dcoefs, fresh), len(parts), n_r, n_c, s, z.data_ptr(),
-            lse_r.data_ptr(), _ptr(a), lse_c.data_ptr(), _ptr(b), tg.ptr.data_ptr(), tg.col.data_ptr(),
-            cval.data_ptr(), _ptr(ddiag), _threads(n_r),
-        )
+            lse_r.data_ptr(), _ptr(a), lse_c.data_ptr(), _ptr(b),
+            0 if val_r is None else len(val_r), _ptr(tg.lab_r), _ptr(val_r),
+            0 if val_c is None else len(val_c), _ptr(tg.lab_c), _ptr(val_c), _ptr(ddiag), _threads(n_r),
+        ) - g * ctx.picked  # the targets' part of Σ dz·z
         _give(z)  # spent: nothing reads it again (a second backward is refused above)
         ds = torch.tensor(zdz / s, dtype=torch.float32) if ctx.scale_grad else None  # Σ dz·z / s
         tokens = [c.token.new_empty(0) if need[i] else None for i, c in enumerate(collectors)]
