@@ -166,6 +166,12 @@ def test_the_build_is_cached_and_without_a_compiler_the_torch_ops_serve(tmp_path
     want = L.MixLoss(loss_cfg, MixConfig(**MIX), path="direct")(i, t, 7.0, epoch=0, step=0, total_steps=1)[0]
     _close(got, want, "fallback")
 
+    monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path / "refused"))
+    monkeypatch.setenv("CC", "false")  # a compiler that runs and fails: nothing is left in the cache
+    monkeypatch.setattr(native, "_tried", False)
+    assert not native.available(torch.device("cpu"))
+    assert list((tmp_path / "refused").iterdir()) == []
+
     monkeypatch.delenv("CC")
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("GEOMIX_NATIVE_DIR", str(tmp_path / "a-file" / "cache"))  # cannot be created

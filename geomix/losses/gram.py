@@ -324,13 +324,13 @@ def m2_term(x: K.TermInputs, lam: Lam, g: Gram) -> tuple[torch.Tensor, Observe]:
     """m²-Mix: ``A = I·Mᵀ = I·Iᵀ·diag(ca) + S·diag(cb)``, ``B = T·Mᵀ`` the same with ``Sᵀ`` and ``T·Tᵀ``."""
     s_m = x.scale if x.loss.m2_tau is None else 1.0 / x.loss.m2_tau
     m, observe = g.mixed("i", "t", False, lam, s_m)
-    local = torch.arange(g.r[1] - g.r[0], device=g.idx.device)
     pos = s_m * g.block("i", "t").diagonal(offset=g.r[0])  # I_i·T_i, at (row, its global column)
-    # In place: both logit matrices are fresh sums (m has coefficients), which no backward keeps.
     if g.fused:
         a = g.fused_ce(_plain("i"), m, rows=(g.idx,), diag=pos)
         b = g.fused_ce(m, _plain("t"), cols=(g.idx,), diag=pos)
         return 0.5 * (a + b) * _share(g.r, g.n), lambda: (observe()[0], x.img, x.txt)
+    local = torch.arange(g.r[1] - g.r[0], device=g.idx.device)
+    # In place: both logit matrices are fresh sums (m has coefficients), which no backward keeps.
     a = g.logits(_plain("i"), m).index_put_((local, g.idx), pos)
     # With all rows B is built as Bᵀ = M·Tᵀ (image side first) and its rows are the columns.
     b = g.logits(m, _plain("t")) if g.full else g.logits(_plain("t"), m)

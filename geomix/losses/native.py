@@ -27,12 +27,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from geomix.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ _P = ctypes.c_void_p
 class _Part(ctypes.Structure):
     _names = ("block", "rho", "rho_inv", "gam", "gam_inv", "r", "c", "dblock", "dr", "dc")
     _fields_ = [*((name, _P) for name in _names), ("first", ctypes.c_int64)]
+
+
+class _BuildFailed(RuntimeError):
+    """The compiler ran and refused the source (its message attached)."""
 
 
 _lib: ctypes.CDLL | None = None
@@ -97,20 +102,12 @@ def _build() -> ctypes.CDLL | None:
     root = Path(os.environ.get("GEOMIX_NATIVE_DIR") or Path.home() / ".cache" / "geomix" / "native")
     out = root / f"combo_ce-{key}.so"
     if not out.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            cmd = [cc, *flags, str(_SOURCE), "-o", tmp, *_LIBS]
+        # Another process may win the race: the same bytes. A failed build leaves nothing behind.
+        with atomic_path(out) as tmp:
+            cmd = [cc, *flags, str(_SOURCE), "-o", str(tmp), *_LIBS]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
-                log.warning("geomix: the fused Gram kernel did not build (%s); using torch ops: %s", cc,
-                            done.stderr.strip()[:500])
-                return None
-            os.replace(tmp, out)  # another process may have won the race: same bytes
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+                raise _BuildFailed(f"{cc}: {done.stderr.strip()[:500]}")
     lib = ctypes.CDLL(str(out))
     i64 = ctypes.c_int64
     f32, i32 = ctypes.c_float, ctypes.c_int
@@ -128,7 +125,7 @@ def _library() -> ctypes.CDLL | None:
         _tried = True
         try:
             _lib = _build()
-        except (OSError, subprocess.SubprocessError) as err:  # an unwritable cache, a stuck compiler, ...
+        except (OSError, subprocess.SubprocessError, _BuildFailed) as err:  # unwritable cache, stuck cc, ...
             log.warning("geomix: the fused Gram kernel is unavailable (%s); using torch ops", err)
             _lib = None
     return _lib
